@@ -1,0 +1,71 @@
+"""Where processed frames go: the Sink interface and the JSON-lines sink.
+
+The pipeline's output thread calls a sink; a sink must never block it for long
+(the MQTT sink hands records to its own bounded queue). Records are plain dicts
+built by ``agent.record``; every payload carries ``schema_version``.
+"""
+
+import json
+import sys
+import threading
+
+
+class Sink(object):
+    """A consumer of detection records, timing summaries and agent status."""
+
+    def start(self, status):
+        """Begin (connect, open files); ``status`` is the initial status payload."""
+
+    def emit(self, record, image=None):
+        """Publish one detection record; ``image`` is the BGR frame (for snapshots), not to be kept."""
+        raise NotImplementedError
+
+    def timing(self, camera_id, summary):
+        """Publish a periodic timing summary for one camera."""
+
+    def health(self, payload):
+        """Publish a periodic device-health payload."""
+
+    def status(self, payload):
+        """Publish a change of the agent's status."""
+
+    def state(self):
+        """A short word for status lines: 'ok', 'connected', 'disconnected', ..."""
+        return "ok"
+
+    def close(self, timeout=5.0):
+        """Flush what can be flushed within ``timeout`` seconds, then release."""
+
+
+def dumps(payload):
+    """Compact, deterministic JSON for records and payloads."""
+    return json.dumps(payload, separators=(",", ":"), sort_keys=False, allow_nan=False)
+
+
+class JsonLinesSink(Sink):
+    """Writes each record as one JSON line to stdout (``-``) or a file (appended)."""
+
+    def __init__(self, target="-"):
+        self.target = target
+        self._lock = threading.Lock()
+        self._file = None
+
+    def start(self, status):
+        if self.target == "-":
+            self._file = sys.stdout
+        else:
+            self._file = open(self.target, "a", buffering=1)
+
+    def emit(self, record, image=None):
+        line = dumps(record)
+        with self._lock:
+            self._file.write(line + "\n")
+
+    def close(self, timeout=5.0):
+        with self._lock:
+            if self._file is None:
+                return
+            self._file.flush()
+            if self._file is not sys.stdout:
+                self._file.close()
+            self._file = None

@@ -1,0 +1,64 @@
+"""The frame-source interface and its capture contract.
+
+Contract (every source honours it):
+- ``read(timeout_ms)`` returns the newest ``Frame`` not yet returned, waiting at
+  most ``timeout_ms``; it returns ``None`` on a timeout (a live source with no new
+  frame yet). It never blocks longer than ``timeout_ms`` plus a few ms.
+- ``read`` raises ``EndOfStream`` once a finite source (a file or folder that does
+  not loop) is exhausted, and ``SourceError`` (naming the URI) for a failure that
+  reopening cannot fix.
+- Live sources capture on their own thread and keep only the newest frame
+  (freshest-frame policy); frames overwritten before being read count as dropped.
+  A live source without a frame for ``stall_timeout_s`` is reopened with backoff.
+- ``close()`` releases the device (always: a CSI camera left open wedges nvargus).
+"""
+
+import collections
+
+from ..errors import AgentError
+
+Frame = collections.namedtuple("Frame", "image index timestamp monotonic")
+Frame.__doc__ = """A captured frame: BGR uint8 HxWx3 ``image``, per-source ``index``,
+wall-clock ``timestamp`` (s since epoch) and ``monotonic`` time of capture."""
+
+
+class EndOfStream(AgentError):
+    """A finite source has no more frames."""
+
+
+class SourceStats(object):
+    """Counters a source keeps; read by the pipeline for timing and status."""
+
+    __slots__ = ("captured", "dropped", "reconnects", "last_error")
+
+    def __init__(self):
+        self.captured = 0
+        self.dropped = 0
+        self.reconnects = 0
+        self.last_error = ""
+
+    def as_dict(self):
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+class FrameSource(object):
+    """A camera, stream, file or folder yielding frames; see the module contract."""
+
+    uri = ""
+    live = False
+
+    def __init__(self):
+        self.stats = SourceStats()
+
+    def read(self, timeout_ms=1000):
+        """Return the next Frame, ``None`` on timeout; raise EndOfStream or SourceError."""
+        raise NotImplementedError
+
+    def close(self):
+        """Release the device or file."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

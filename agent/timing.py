@@ -1,0 +1,59 @@
+"""Stage timing: the same stage names everywhere, rolling percentiles and FPS."""
+
+import collections
+import threading
+import time
+
+import numpy as np
+
+# Fixed names: records, MQTT timing payloads and benchmarks all use these.
+STAGES = ("capture", "preprocess", "infer", "postprocess", "publish", "total")
+
+
+def now():
+    """Monotonic seconds, for stage timing."""
+    return time.monotonic()
+
+
+class RollingStats(object):
+    """Per-stage p50/p95/p99 over the last ``window`` frames, and FPS; thread-safe."""
+
+    def __init__(self, window=300):
+        self._lock = threading.Lock()
+        self._stages = {s: collections.deque(maxlen=window) for s in STAGES}
+        self._done = collections.deque(maxlen=window)
+        self.frames = 0
+
+    def add(self, times_ms, done_at=None):
+        """Record one frame's stage times (ms) finished at monotonic ``done_at``."""
+        with self._lock:
+            for stage, value in times_ms.items():
+                if stage in self._stages:
+                    self._stages[stage].append(value)
+            self._done.append(now() if done_at is None else done_at)
+            self.frames += 1
+
+    def fps(self):
+        with self._lock:
+            done = list(self._done)
+        if len(done) < 2 or done[-1] <= done[0]:
+            return 0.0
+        return (len(done) - 1) / (done[-1] - done[0])
+
+    def summary(self):
+        """{'fps': f, 'frames': n, 'stages': {stage: {'p50','p95','p99','mean'}}} in ms."""
+        with self._lock:
+            snap = {s: np.asarray(v, dtype=np.float64) for s, v in self._stages.items()}
+            frames = self.frames
+        stages = {}
+        for stage, values in snap.items():
+            if values.size == 0:
+                continue
+            p50, p95, p99 = np.percentile(values, [50, 95, 99])
+            stages[stage] = {
+                "p50": round(float(p50), 3),
+                "p95": round(float(p95), 3),
+                "p99": round(float(p99), 3),
+                "mean": round(float(values.mean()), 3),
+            }
+        return {"fps": round(self.fps(), 2), "frames": frames, "stages": stages}

@@ -1,0 +1,48 @@
+"""edge-agent: an edge inference agent for NVIDIA Jetson (and any Linux box)."""
+
+import glob
+
+from setuptools import find_packages, setup
+
+setup(
+    name="edge-agent",
+    version="0.1.0",
+    description="Real-time detection on Jetson, x86 GPUs and CPUs, published over MQTT",
+    long_description=open("README.md").read() if glob.glob("README.md") else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.6",
+    packages=find_packages(include=["agent", "agent.*"]),
+    package_data={"agent": ["schemas/*.json", "kernels/*.cu", "kernels/*.h"]},
+    data_files=[
+        ("share/edge-agent/models", glob.glob("models/*.onnx") + glob.glob("models/*.md")),
+        ("share/edge-agent/systemd", glob.glob("systemd/*")),
+    ],
+    install_requires=[
+        "numpy>=1.19",
+        "click>=7.1",
+        "PyYAML>=5.1",
+        # paho-mqtt 2.x needs Python 3.7+; 1.6 is the last for JetPack 4's Python 3.6.
+        'paho-mqtt>=1.6,<2; python_version < "3.7"',
+        'paho-mqtt>=1.6,<3; python_version >= "3.7"',
+        'dataclasses; python_version < "3.7"',
+        # OpenCV is not required here on purpose: JetPack's system OpenCV has GStreamer
+        # (CSI cameras), pip's opencv-python does not. Install the `cpu` extra off-Jetson.
+    ],
+    extras_require={
+        "cpu": ["onnxruntime>=1.10", "opencv-python-headless>=4.1"],
+        "onnxruntime": ["onnxruntime>=1.10"],
+        "opencv": ["opencv-python-headless>=4.1"],
+        "gpu": ["pycuda>=2019.1"],
+        "eval": ["faster-coco-eval>=1.3; python_version >= '3.7'", "pycocotools>=2.0"],
+        "plot": ["matplotlib>=3.0"],
+        "dev": ["pytest>=6", "jsonschema>=3", "vermin>=1.5", "mypy", "tensorrt-stubs", "onnx>=1.8"],
+        "train": ["torch>=1.10", "onnx>=1.8"],
+    },
+    entry_points={"console_scripts": ["edge-agent=agent.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)
