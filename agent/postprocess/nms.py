@@ -1,0 +1,177 @@
+"""Greedy non-maximum suppression: the numpy reference the CUDA kernel is checked against.
+
+Semantics equal OpenCV's ``cv2.dnn.NMSBoxes`` with float rects (``Rect2d``), eta=1,
+top_k=0 (checked by tests/test_nms.py on randomized and boundary cases):
+
+* boxes are sorted by descending score with a *stable* sort, so on a score tie the
+  box with the lower input index comes first (and wins);
+* a box is dropped when its IoU with an already kept box is ``> iou_threshold``;
+  IoU exactly equal to the threshold keeps it;
+* areas are ``w * h`` (no ``+1`` as for integer ``Rect``); the IoU is computed in
+  float64 and compared the way OpenCV does, ``1.f - float(1 - iou) > float(thr)``,
+  so float32 rounding decides near-ties identically;
+* there is no score threshold here (decode applied it, as ``score > conf``, which is
+  OpenCV's ``score_threshold`` rule too).
+
+Known differences, all on degenerate input: a box with zero or negative width or
+height never suppresses and is never suppressed (OpenCV treats two zero-area boxes
+anywhere in the image as IoU 1); NaN scores sort last here.
+
+Algorithm: instead of an O(n*k) greedy loop, candidate pairs come from a sweep over
+boxes sorted by x1 (classes kept apart by torchvision's coordinate offset trick,
+used only for the sweep key so that IoUs are computed on the original
+coordinates), their IoUs are computed vectorized, and the greedy decision is then
+resolved in rounds over the sparse "i suppresses j" graph: a box is kept once every
+higher-scored box that would suppress it is removed, and removed once one of them
+is kept. That equals the sequential sweep and needs a handful of rounds on real
+detections.
+"""
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger("edge_agent.postprocess")
+
+# Cap on candidate pairs evaluated at once, to bound memory when boxes are huge.
+_PAIR_CHUNK = 1 << 20
+
+
+def _pairs(ends, start, stop):
+    """Index pairs (p, q), p < q < ends[p] in sweep order, for p in [start, stop)."""
+    ends = ends[start:stop]
+    first = np.arange(start, stop) + 1
+    counts = np.maximum(ends - first, 0)
+    total = int(counts.sum())
+    if total == 0:
+        return np.empty(0, np.intp), np.empty(0, np.intp)
+    p = np.repeat(first - 1, counts)
+    # q runs first..ends-1 for each p: a global ramp minus each run's start offset.
+    offsets = np.cumsum(counts) - counts
+    q = np.arange(total) - np.repeat(offsets - first, counts)
+    return p, q
+
+
+def _suppression_edges(b, cls, iou_threshold):
+    """Edges (a, b) with a ranked before b and IoU(a, b) above the threshold (OpenCV rule)."""
+    n = len(b)
+    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    w = x2 - x1
+    h = y2 - y1
+    valid = (w > 0) & (h > 0)
+    area = np.where(valid, w * h, 0.0)
+    # Sweep key: x1 shifted by class so that different classes never meet in x.
+    lo = float(np.min(x1)) if n else 0.0
+    span = float(np.max(x2)) - lo + 1.0
+    shift = -lo if cls is None else cls.astype(np.float64) * span - lo
+    k1 = x1 + shift
+    k2 = x2 + shift
+    k2 = np.where(valid, k2, -np.inf)  # an invalid box starts no pair
+    xo = np.argsort(k1, kind="stable")
+    # Work in sweep order: contiguous copies make the per-pair gathers cheaper.
+    key1, key2 = k1[xo], k2[xo]
+    sx1, sy1, sx2, sy2, sarea = x1[xo], y1[xo], x2[xo], y2[xo], area[xo]
+    thr32 = np.float32(iou_threshold)
+    out_a, out_b = [], []
+    # ends[p]: one past the last box whose x1 <= x2 of box p in sweep order.
+    ends = np.searchsorted(key1, key2, side="right")
+    cum = np.cumsum(np.maximum(ends - np.arange(1, n + 1), 0))
+    # Chunk rows so that about _PAIR_CHUNK pairs at most are materialized at once.
+    stops = np.searchsorted(cum, np.arange(_PAIR_CHUNK, int(cum[-1]), _PAIR_CHUNK)) + 1
+    start = 0
+    for stop in sorted(set(np.minimum(stops, n).tolist()) | {n}):
+        p, q = _pairs(ends, start, stop)
+        start = stop
+        if not len(p):
+            continue
+        # y first: most pairs that meet in x miss in y.
+        ih = np.minimum(sy2[p], sy2[q]) - np.maximum(sy1[p], sy1[q])
+        hit = np.flatnonzero(ih > 0)
+        p, q, ih = p[hit], q[hit], ih[hit]
+        iw = np.minimum(sx2[p], sx2[q]) - np.maximum(sx1[p], sx1[q])
+        inter = iw * ih
+        # OpenCV: overlap = 1.f - (float)jaccardDistance, jaccardDistance = 1 - inter/union in double.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dist = (1.0 - inter / (sarea[p] + sarea[q] - inter)).astype(np.float32)
+        sup = np.flatnonzero(((np.float32(1.0) - dist) > thr32) & (iw > 0))
+        i, j = xo[p[sup]], xo[q[sup]]
+        if cls is not None:
+            same = cls[i] == cls[j]
+            i, j = i[same], j[same]
+        out_a.append(np.minimum(i, j))
+        out_b.append(np.maximum(i, j))
+    if not out_a:
+        return np.empty(0, np.intp), np.empty(0, np.intp)
+    return np.concatenate(out_a), np.concatenate(out_b)
+
+
+def _greedy(n, a, b):
+    """Resolve greedy NMS over ranks 0..n-1 given suppression edges a -> b (a < b)."""
+    UNDECIDED, KEPT, REMOVED = 0, 1, 2
+    state = np.zeros(n, np.int8)
+    while True:
+        blocked = np.zeros(n, bool)
+        blocked[b] = True  # every remaining edge comes from a box not yet removed
+        state[(state == UNDECIDED) & ~blocked] = KEPT
+        killed = b[state[a] == KEPT]
+        state[killed] = REMOVED
+        live = (state[a] != REMOVED) & (state[b] == UNDECIDED)
+        a, b = a[live], b[live]
+        if not len(a):
+            state[state == UNDECIDED] = KEPT
+            return np.flatnonzero(state == KEPT)
+
+
+def nms(boxes, scores, iou_threshold, class_ids=None, class_agnostic=False, max_detections=None):
+    """Greedy NMS; return kept indices (int64) by descending score. See the module docstring.
+
+    ``boxes`` is Nx4 x1,y1,x2,y2; with ``class_ids`` and not ``class_agnostic`` boxes of
+    different classes never suppress each other. Raises ValueError on mismatched shapes.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) if np.size(boxes) else np.zeros((0, 4))
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    n = len(boxes)
+    if len(scores) != n:
+        raise ValueError("nms: {} boxes but {} scores".format(n, len(scores)))
+    if n == 0 or (max_detections is not None and max_detections <= 0):
+        return np.empty(0, np.int64)
+    order = np.argsort(-scores, kind="stable")
+    cls = None
+    if class_ids is not None and not class_agnostic:
+        class_ids = np.asarray(class_ids).reshape(-1)
+        if len(class_ids) != n:
+            raise ValueError("nms: {} boxes but {} class ids".format(n, len(class_ids)))
+        cls = class_ids[order].astype(np.int64)
+    a, b = _suppression_edges(boxes[order], cls, iou_threshold)
+    keep = order[_greedy(n, a, b)]
+    if max_detections is not None:
+        keep = keep[:max_detections]
+    return keep.astype(np.int64)
+
+
+def batched_nms(boxes, scores, class_ids, iou_threshold, max_detections=None):
+    """Class-aware NMS (torchvision's ``batched_nms`` contract); kept indices, int64."""
+    return nms(boxes, scores, iou_threshold, class_ids=class_ids, max_detections=max_detections)
+
+
+def postprocess(decoder, outputs, detection):
+    """Decode raw model outputs and apply NMS per a DetectionConfig; (boxes, scores, class_ids).
+
+    Models with NMS inside (``decoder.has_nms``) are only thresholded and truncated.
+    Raises ModelError (from the decoder) when the outputs do not match its layout.
+    """
+    boxes, scores, class_ids = decoder.decode(
+        outputs, detection.conf_threshold, detection.top_k, classes=detection.classes or None
+    )
+    if decoder.has_nms:
+        keep = np.arange(min(len(scores), detection.max_detections))
+    else:
+        keep = nms(
+            boxes,
+            scores,
+            detection.iou_threshold,
+            class_ids=class_ids,
+            class_agnostic=detection.class_agnostic,
+            max_detections=detection.max_detections,
+        )
+    return boxes[keep], scores[keep], class_ids[keep]
