@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test suite on a fresh machine: set up (mosquitto, the agent, test tools, torch CPU),
+# then the static checks and pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+scripts/setup.sh test
+export PATH="$PATH:/usr/sbin"
+echo "check: runtime code parses on Python 3.6 (vermin)"
+$PY -m vermin -q -t=3.6- --violations --backport dataclasses --no-tips agent
+$PY -m pytest -q -p no:cacheprovider "$@" tests

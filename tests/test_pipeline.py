@@ -1,0 +1,130 @@
+"""The frame path end to end on the real CPU backend, demo models and real video files."""
+
+import json
+import os
+
+import cv2
+import jsonschema
+import numpy as np
+import pytest
+
+from agent.config import load_config
+from agent.errors import AgentError, ModelError
+from agent.pipeline import Pipeline
+from agent.publish.base import Sink
+from conftest import ROOT, write_video
+
+SCHEMA = json.load(open(os.path.join(ROOT, "agent", "schemas", "detections.schema.json")))
+
+
+class ListSink(Sink):
+    """Keeps what the pipeline emits (a real sink, in memory)."""
+
+    def __init__(self):
+        self.records = []
+
+    def emit(self, record, image=None):
+        assert image is not None and image.ndim == 3
+        self.records.append(record)
+
+
+def make_config(source, **extra):
+    overrides = {"cameras": [{"id": "cam0", "source": source, "realtime": False}], "output": {"jsonl": None}}
+    overrides.update(extra)
+    return load_config(overrides=overrides, environ={})
+
+
+def run_to_end(config, timeout=60):
+    sink = ListSink()
+    p = Pipeline(config, [sink])
+    p.start()
+    assert p.wait(timeout), "pipeline did not finish"
+    p.stop()
+    return p, sink.records
+
+
+def test_video_file_records_are_complete_and_valid(small_video):
+    p, records = run_to_end(make_config(small_video))
+    assert len(records) == 30
+    assert [r["seq"] for r in records] == list(range(1, 31))
+    assert [r["frame_index"] for r in records] == list(range(30))
+    for r in records:
+        jsonschema.validate(r, SCHEMA)
+        assert set(r["timing_ms"]) == {"capture", "preprocess", "infer", "postprocess", "publish", "total"}
+        assert r["model_size"] == "fast" and r["image"] == {"width": 320, "height": 240}
+    summary = p.timing_summaries()["cam0"]
+    assert summary["frames"] == 30 and summary["stages"]["infer"]["p50"] > 0
+    assert p.status()["state"] in ("finished", "stopped")
+
+
+def test_demo_model_finds_demo_objects(tmp_path):
+    """On frames rendered like the training data, the fast model detects the objects there."""
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    video = str(tmp_path / "v.mp4")
+    import subprocess
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_video.py"), "--out", video,
+                    "--frames", "10"], check=True, cwd=ROOT)
+    truth = json.load(open(os.path.splitext(video)[0] + ".json"))
+    _, records = run_to_end(make_config(video, max_frames=10))
+    assert len(records) == 10
+    found = sum(len(r["detections"]) for r in records)
+    expected = len(truth["annotations"])
+    assert expected > 0 and 0.6 * expected <= found <= 1.5 * expected
+
+
+def test_two_cameras_share_one_model(small_video, tmp_path):
+    other = write_video(tmp_path / "other.avi", frames=12, size=(640, 360))
+    config = load_config(overrides={"cameras": [
+        {"id": "a", "source": small_video, "realtime": False},
+        {"id": "b", "source": other, "realtime": False}], "output": {"jsonl": None}}, environ={})
+    _, records = run_to_end(config)
+    by_cam = {}
+    for r in records:
+        by_cam.setdefault(r["camera_id"], []).append(r["seq"])
+    assert by_cam == {"a": list(range(1, 31)), "b": list(range(1, 13))}
+
+
+def test_image_folder(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(5):
+        cv2.imwrite(str(folder / "{:03d}.jpg".format(i)), np.full((200, 300, 3), 30 * i, np.uint8))
+    _, records = run_to_end(make_config(str(folder)))
+    assert [r["frame_index"] for r in records] == list(range(5))
+
+
+def test_max_frames_and_thresholds(small_video):
+    _, records = run_to_end(make_config(small_video, max_frames=7, detection={"conf_threshold": 1.0}))
+    assert len(records) == 7
+    assert all(r["detections"] == [] for r in records)
+
+
+def test_corrupt_model_fails_at_start_naming_the_file(tmp_path, small_video):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not a model")
+    config = make_config(small_video, sizes={"fast": {"onnx": str(bad)}})
+    with pytest.raises(AgentError) as info:
+        Pipeline(config, [ListSink()]).start()
+    assert "bad.onnx" in str(info.value)
+
+
+def test_reload_switches_size_without_stopping(small_video):
+    config = make_config(small_video, cameras=[{"id": "cam0", "source": small_video, "loop": True, "realtime": False}])
+    sink = ListSink()
+    p = Pipeline(config, [sink])
+    p.start()
+    try:
+        deadline = __import__("time").time() + 30
+        while len(sink.records) < 5 and __import__("time").time() < deadline:
+            p.wait(0.05)
+        p.reload(make_config(small_video, size="accurate",
+                             cameras=[{"id": "cam0", "source": small_video, "loop": True, "realtime": False}]))
+        while (not sink.records or sink.records[-1]["model_size"] != "accurate") and __import__("time").time() < deadline:
+            p.wait(0.05)
+    finally:
+        p.stop()
+    sizes = [r["model_size"] for r in sink.records]
+    assert sizes[0] == "fast" and sizes[-1] == "accurate"
+    seqs = [r["seq"] for r in sink.records]
+    assert seqs == list(range(1, len(seqs) + 1))  # the camera never restarted
