@@ -1,0 +1,62 @@
+"""edge-agent doctor on this CPU-only machine: GPU parts missing with fixes, exit code by backend."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.fixture
+def config_file(tmp_path, demo_models, small_video):
+    def write(backend):
+        path = tmp_path / "config-{}.yaml".format(backend)
+        path.write_text("backend: {}\nsizes:\n  fast:\n    onnx: {}\ncameras:\n  - id: cam0\n    source: {}\n"
+                        "engines_dir: {}\n".format(backend, demo_models["fast"], small_video, tmp_path / "engines"))
+        return str(path)
+    return write
+
+
+def _checks(res):
+    return {c["name"]: c for c in json.loads(res.stdout)["checks"]}
+
+
+def test_doctor_cpu_box_auto_backend(config_file):
+    res = run_cli(["doctor", "--json", "--config", config_file("auto")], timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    checks = _checks(res)
+    for name in ("tensorrt", "pycuda", "cuda"):
+        assert checks[name]["level"] == "WARN" and checks[name]["fix"], checks[name]
+    assert checks["onnxruntime"]["level"] == "OK"
+    assert checks["camera cam0"]["level"] == "OK"
+    assert checks["engines"]["level"] == "OK"
+    text = run_cli(["doctor", "--config", config_file("auto")], timeout=60)
+    assert text.returncode == 0
+    assert any(l.startswith("WARN tensorrt") and "fix:" in l for l in text.stdout.splitlines())
+
+
+def test_doctor_tensorrt_backend_blocks(config_file):
+    res = run_cli(["doctor", "--json", "--config", config_file("tensorrt")], timeout=60)
+    assert res.returncode == 1, res.stdout + res.stderr
+    checks = _checks(res)
+    assert checks["tensorrt"]["level"] == "FAIL" and checks["tensorrt"]["blocking"]
+    assert checks["pycuda"]["blocking"]
+
+
+def test_doctor_broker_down_warns(tmp_path, config_file, broker):
+    path = config_file("onnxruntime")
+    with open(path, "a") as f:
+        f.write("mqtt:\n  enabled: true\n  url: {}\n".format(broker.url))
+    assert _checks(run_cli(["doctor", "--json", "--config", path], timeout=60))["broker"]["level"] == "OK"
+    broker.stop()
+    res = run_cli(["doctor", "--json", "--config", path], timeout=60)
+    assert res.returncode == 0  # the agent spools while the broker is away: not blocking
+    assert _checks(res)["broker"]["level"] == "WARN"
+
+
+def test_doctor_bad_config_exits_78(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("backend: cuda\n")
+    res = run_cli(["doctor", "--config", str(bad)], timeout=60)
+    assert res.returncode == 78
+    assert "backend" in res.stderr
