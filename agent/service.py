@@ -1,0 +1,265 @@
+"""Daemon life: signals, sd_notify (READY, STATUS, WATCHDOG, RELOADING, STOPPING), reload.
+
+``run_agent`` owns the main thread. Signal handlers only set flags; the loop
+below does the work every tick:
+
+- READY=1 once the first frame went through the whole pipeline (engine loaded,
+  camera delivering), so ``systemctl start`` returning means detections flow;
+- WATCHDOG=1 only while ``pipeline.processed`` advances: a stuck camera, GPU or
+  thread stops the pings and systemd restarts the agent (WatchdogSec=);
+- while ``Pipeline.start()`` runs (loading, or building an engine for minutes)
+  the start timeout is extended with EXTEND_TIMEOUT_USEC= and STATUS= shows the
+  latest log line of the agent ("building ...");
+- timing summaries, health and status changes go to every sink on schedule.
+"""
+
+import logging
+import signal
+import threading
+import time
+
+from . import sdnotify
+from .errors import AgentError, ConfigError
+from .health import read_health
+
+log = logging.getLogger("edge_agent.service")
+
+TICK_S = 0.5
+EXTEND_EVERY_S = 10.0  # while starting: ask systemd for EXTEND_S more every EXTEND_EVERY_S
+EXTEND_S = 30.0
+MAX_START_S = 3600.0  # a first TensorRT build can take ~10 min; more than an hour is a hang
+STOP_TIMEOUT_S = 5.0  # each of pipeline.stop() and sink.close(): well inside TimeoutStopSec=20
+HANDLED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
+
+
+class _Flags(object):
+    """What the signal handlers ask the main thread to do."""
+
+    def __init__(self):
+        self.stop = None  # the signal name that asked us to stop
+        self.reload = False
+
+    def handle(self, signum, frame):
+        if signum == signal.SIGHUP:
+            self.reload = True
+        elif self.stop is None:
+            self.stop = signal.Signals(signum).name
+
+
+class _LastMessage(logging.Handler):
+    """Keeps the latest INFO+ message of the agent's loggers, for STATUS= while starting."""
+
+    def __init__(self):
+        logging.Handler.__init__(self, logging.INFO)
+        self.text = ""
+
+    def emit(self, record):
+        try:
+            self.text = record.getMessage().splitlines()[0][:160]
+        except Exception:
+            pass
+
+
+def _install_signals(flags):
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # only the main thread may set handlers (tests calling from threads)
+    old = {}
+    for name in HANDLED_SIGNALS:
+        sig = getattr(signal, name)
+        old[sig] = signal.signal(sig, flags.handle)
+    return old
+
+
+def _restore_signals(old):
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
+
+
+def _each_sink(sinks, method, *args):
+    """Call ``method`` on every sink; a failing sink is logged, never fatal."""
+    for sink in sinks:
+        try:
+            getattr(sink, method)(*args)
+        except Exception:
+            log.exception("sink %s: %s() failed", type(sink).__name__, method)
+
+
+def _sink_states(sinks):
+    out = {}
+    for sink in sinks:
+        try:
+            out[type(sink).__name__] = sink.state()
+        except Exception:
+            out[type(sink).__name__] = "error"
+    return out
+
+
+def status_line(status, sink_states):
+    """The one-line STATUS= text: state, size, backend, FPS, sinks."""
+    sinks = " ".join("{}={}".format(k.replace("Sink", "").lower() or k, v) for k, v in sorted(sink_states.items()))
+    return "{} size={} backend={} fps={:.1f} cameras={} {}".format(
+        status.get("state", "?"), status.get("size", "?"), status.get("backend", "?"), status.get("fps", 0.0),
+        len(status.get("cameras", {})), sinks).strip()
+
+
+def _status_payload(config, pipeline, sinks):
+    payload = dict(pipeline.status())
+    payload["device_id"] = config.device_id
+    payload["sinks"] = _sink_states(sinks)
+    return payload
+
+
+def _status_key(payload):
+    """What counts as a status change (not FPS, which moves every tick)."""
+    cams = payload.get("cameras", {})
+    return (payload.get("state"), payload.get("size"), payload.get("backend"), payload.get("engine_id"),
+            tuple(sorted(cams)), tuple(sorted(payload.get("sinks", {}).items())))
+
+
+def _start(pipeline, flags):
+    """Run ``pipeline.start()`` on a helper thread, extending systemd's start timeout meanwhile."""
+    error = []
+
+    def target():
+        try:
+            pipeline.start()
+        except BaseException as e:  # re-raised on the main thread
+            error.append(e)
+
+    last = _LastMessage()
+    logging.getLogger("edge_agent").addHandler(last)
+    thread = threading.Thread(target=target, name="start", daemon=True)
+    began = time.monotonic()
+    thread.start()
+    try:
+        next_extend = 0.0
+        while thread.is_alive():
+            thread.join(0.25)
+            elapsed = time.monotonic() - began
+            if flags.stop is None and elapsed >= next_extend and elapsed < MAX_START_S:
+                phase = "building" if "build" in last.text.lower() else "starting"
+                text = "{} ({:.0f} s){}".format(phase, elapsed, ": " + last.text if last.text else "")
+                if elapsed >= EXTEND_EVERY_S:
+                    sdnotify.extend_timeout(EXTEND_S, text)
+                else:
+                    sdnotify.status(text)
+                next_extend = elapsed + EXTEND_EVERY_S if elapsed >= EXTEND_EVERY_S else EXTEND_EVERY_S
+    finally:
+        logging.getLogger("edge_agent").removeHandler(last)
+    if error:
+        raise error[0]
+
+
+def _reload(pipeline, config, config_path, overrides):
+    """Re-read the config (same overrides) and apply it; returns the config now in force."""
+    from .config import load_config
+
+    sdnotify.reloading()
+    try:
+        new = load_config(config_path, overrides)
+    except ConfigError as e:
+        log.error("reload: keeping the running configuration: %s", e)
+        return config
+    try:
+        pipeline.reload(new)
+    except AgentError as e:
+        log.error("reload: %s", e)
+        return config
+    log.info("reload: configuration from %s applied", config_path or "defaults")
+    return new
+
+
+def run_agent(config, sinks, config_path=None, overrides=None, pipeline_factory=None):
+    """Run the pipeline under systemd supervision until the sources end or a stop signal.
+
+    Returns the exit code: 0 after a normal end or SIGTERM/SIGINT, 1 if the pipeline
+    failed while running. Raises AgentError (e.g. ConfigError, EngineError) if it
+    cannot start; sinks are closed either way.
+    """
+    if pipeline_factory is None:
+        from .pipeline import Pipeline as pipeline_factory
+    flags = _Flags()
+    old_handlers = _install_signals(flags)
+    pipeline = None
+    try:
+        sdnotify.status("starting: size {} backend {}".format(config.size, config.backend))
+        initial = {"state": "starting", "size": config.size, "backend": config.backend, "engine_id": "",
+                   "fps": 0.0, "cameras": {}, "device_id": config.device_id}
+        _each_sink(sinks, "start", initial)
+        pipeline = pipeline_factory(config, sinks)
+        try:
+            _start(pipeline, flags)
+        except AgentError as e:
+            sdnotify.status("failed: {}".format(e))
+            raise
+        return _loop(pipeline, sinks, config, config_path, overrides, flags)
+    finally:
+        sdnotify.stopping("stopping")
+        if pipeline is not None:
+            try:
+                pipeline.stop(STOP_TIMEOUT_S)
+            except Exception:
+                log.exception("pipeline.stop() failed")
+            try:
+                final = _status_payload(config, pipeline, sinks)
+                final["state"] = "stopped"
+                _each_sink(sinks, "status", final)
+            except Exception:
+                log.exception("final status failed")
+        _each_sink(sinks, "close", STOP_TIMEOUT_S)
+        _restore_signals(old_handlers)
+
+
+def _loop(pipeline, sinks, config, config_path, overrides, flags):
+    """The main loop; returns the exit code."""
+    watchdog = sdnotify.watchdog_interval()
+    tick = min(TICK_S, watchdog / 4.0) if watchdog else TICK_S
+    ready = False
+    last_ping = time.monotonic()
+    pinged_at = -1  # pipeline.processed when we last pinged
+    next_timing = next_health = time.monotonic()
+    last_key = None
+    last_line = ""
+    while True:
+        if flags.stop is not None:
+            log.info("%s: stopping", flags.stop)
+            sdnotify.stopping("stopping ({})".format(flags.stop))
+            return 0
+        if flags.reload:
+            flags.reload = False
+            config = _reload(pipeline, config, config_path, overrides)
+            sdnotify.ready("reloaded: size {}".format(config.size))
+        if pipeline.wait(tick):
+            state = pipeline.status().get("state")
+            if state == "failed":
+                log.error("pipeline failed")
+                return 1
+            log.info("all sources ended: %d frame(s) processed", pipeline.processed)
+            return 0
+        now = time.monotonic()
+        processed = pipeline.processed
+        if not ready and pipeline.first_frame_done:
+            ready = True
+            log.info("ready: first frame processed")
+            sdnotify.ready("running")
+        if not ready:
+            continue
+        if watchdog and now - last_ping >= watchdog / 2.0 and processed != pinged_at:
+            sdnotify.watchdog()
+            pinged_at, last_ping = processed, now
+        payload = _status_payload(config, pipeline, sinks)
+        line = status_line(payload, payload["sinks"])
+        if line != last_line:
+            sdnotify.status(line)
+            last_line = line
+        key = _status_key(payload)
+        if key != last_key:
+            _each_sink(sinks, "status", payload)
+            last_key = key
+        if now >= next_timing:
+            for camera_id, summary in sorted(pipeline.timing_summaries().items()):
+                _each_sink(sinks, "timing", camera_id, summary)
+            next_timing = now + config.mqtt.timing_interval_s
+        if now >= next_health:
+            _each_sink(sinks, "health", read_health())
+            next_health = now + config.health.interval_s
