@@ -1,0 +1,86 @@
+"""``edge-agent build-engine``: build (or check) the cached engine of each model size."""
+
+import os
+import time
+
+import click
+
+
+def _parse_batch(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        parts = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or not (0 < parts[0] <= parts[1] <= parts[2]):
+        raise click.BadParameter("expected min,opt,max with 0 < min <= opt <= max, got {!r}".format(value))
+    return parts
+
+
+@click.command("build-engine")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Config file (default: the built-in demo config).")
+@click.option("--size", default=None, help="A configured size name (fast, accurate, ...) or 'all' (default: the config's size).")
+@click.option("--onnx", type=click.Path(dir_okay=False), default=None, help="Build from this ONNX instead of the size's.")
+@click.option("--engines-dir", type=click.Path(file_okay=False), default=None, help="Where artifacts live (default: config engines_dir).")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default=None,
+              help="Runtime to build for (default: the config's backend; auto: tensorrt if usable).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None, help="TensorRT precision.")
+@click.option("--allow-slow-precision", is_flag=True, help="Build fp16/int8 even where the GPU has no fast path for it.")
+@click.option("--calib-dir", type=click.Path(file_okay=False), default=None, help="INT8 calibration images.")
+@click.option("--calib-cache", type=click.Path(dir_okay=False), default=None, help="INT8 calibration cache (read, or written).")
+@click.option("--dla-core", type=int, default=None, help="Run on this DLA core (with GPU fallback); -1: GPU.")
+@click.option("--workspace-mb", type=click.IntRange(min=1), default=None, help="TensorRT builder workspace.")
+@click.option("--batch", callback=_parse_batch, default=None, metavar="MIN,OPT,MAX",
+              help="Optimization profile for a dynamic batch dimension (static models: ignored).")
+@click.option("--force", is_flag=True, help="Rebuild even when up to date.")
+@click.option("--check", is_flag=True, help="Only report whether the cached artifact is valid (exit 0) or not (exit 1).")
+@click.pass_context
+def build_engine(ctx, config_path, size, onnx, engines_dir, backend, precision, allow_slow_precision, calib_dir,
+                 calib_cache, dla_core, workspace_mb, batch, force, check):
+    """Build the engine of a model size (TensorRT, or ONNX Runtime's optimized model)."""
+    from .. import engines
+    from ..backends.base import resolve_backend_name
+    from ..config import load_config
+
+    config = load_config(config_path, check_files=False)
+    names = sorted(config.sizes) if size == "all" else [size or config.size]
+    if onnx is not None and len(names) != 1:
+        raise click.UsageError("--onnx needs a single --size, not 'all'")
+    backend_name = resolve_backend_name(backend or config.backend)
+    overrides = dict(onnx=onnx, engines_dir=engines_dir, precision=precision, calib_dir=calib_dir,
+                     calib_cache=calib_cache, dla_core=dla_core, workspace_mb=workspace_mb, batch=batch,
+                     allow_slow_precision=allow_slow_precision or None)
+    start = time.time()
+
+    def progress(line):
+        click.echo(line, err=True)
+
+    invalid = []
+    for name in names:
+        spec = engines.spec_from_config(config, name, backend_name, **overrides)
+        if check:
+            path, manifest, reasons = engines.status(spec)
+            if manifest is not None:
+                click.echo("{}: valid ({}; {} {}, built {})".format(name, _rel(path), backend_name,
+                                                                     manifest["precision"]["built"], manifest.get("built_at")))
+            else:
+                invalid.append(name)
+                click.echo("{}: not valid ({}): {}; fix: {}".format(name, _rel(path), "; ".join(reasons),
+                                                                   engines.fix_command(name)))
+            continue
+        path, manifest, built = engines.build(spec, progress=progress, force=force)
+        if not built:
+            click.echo("{}: up to date ({})".format(name, _rel(path)))
+        else:
+            click.echo("{}: built {} ({} {}, {:.1f}s)".format(name, _rel(path), backend_name,
+                                                              manifest["precision"]["built"], time.time() - start))
+    if invalid:
+        ctx.exit(1)
+
+
+def _rel(path):
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
