@@ -69,7 +69,8 @@ def cli(ctx, log_level, debug):
 def main(argv=None):
     """Entry point: run the CLI, turning AgentError into one line and its exit code."""
     try:
-        cli.main(args=argv, prog_name="edge-agent", standalone_mode=False)
+        # standalone_mode=False returns ctx.exit(n)'s code instead of raising Exit.
+        rv = cli.main(args=argv, prog_name="edge-agent", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         return 130
@@ -85,7 +86,7 @@ def main(argv=None):
         return e.exit_code
     except KeyboardInterrupt:
         return 130
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":
