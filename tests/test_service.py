@@ -168,6 +168,36 @@ def test_bad_config_exits_78_before_ready(tmp_path, listener):
     assert listener.fields("READY") == []
 
 
+def test_health_timing_status_over_mqtt(tmp_path, listener, demo_models, small_video, broker):
+    """The service loop publishes health, timing and status through the real MQTT sink."""
+    config = write_config(tmp_path / "config.yaml", demo_models, small_video, "null")
+    with open(config, "a") as f:
+        f.write("device_id: svc-test\nmqtt:\n  enabled: true\n  url: {}\n  timing_interval_s: 1\n".format(broker.url))
+    sub = subprocess.Popen(["mosquitto_sub", "-p", str(broker.port), "-h", "127.0.0.1", "-v", "-W", "60",
+                            "-t", "edge-agent/svc-test/health", "-t", "edge-agent/svc-test/cam0/timing"],
+                           stdout=subprocess.PIPE, universal_newlines=True)
+    time.sleep(0.3)  # let the subscription land before the agent publishes
+    proc = start_agent(config, listener)
+    try:
+        listener.wait_for("READY", timeout=60, proc=proc)
+        seen = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(seen) < 2:
+            topic, _, payload = sub.stdout.readline().partition(" ")
+            seen.setdefault(topic.rsplit("/", 1)[-1], json.loads(payload))
+        assert seen["health"]["schema_version"] == 1 and seen["health"]["memory"]["total_mb"] > 0
+        assert seen["timing"]["camera_id"] == "cam0" and "infer" in seen["timing"]["stages"]
+        assert any("mqtt=connected" in v for _, v in listener.fields("STATUS"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        sub.kill()
+        sub.wait()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
 class StallingSource(object):
     """A real video source that stops delivering after ``frames`` frames, like an unplugged camera."""
 
