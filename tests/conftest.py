@@ -108,3 +108,59 @@ def run_cli(args, env=None, timeout=120, input=None):
         [sys.executable, "-m", "agent.cli"] + list(args), cwd=ROOT, env=full_env, timeout=timeout,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, input=input,
     )
+
+
+class PersistentBroker(Broker):
+    """A mosquitto that keeps sessions and queued QoS 1 messages across stop()/start()."""
+
+    def start(self):
+        conf = os.path.join(self.workdir, "mosquitto.conf")
+        with open(conf, "w") as f:
+            f.write("listener {} 127.0.0.1\n".format(self.port))
+            f.write("allow_anonymous true\n")
+            f.write("persistence true\npersistence_location {}/\n".format(self.workdir))
+            f.write("max_queued_messages 0\nmax_inflight_messages 0\n")
+        self.log = open(os.path.join(self.workdir, "mosquitto.log"), "ab")
+        self.proc = subprocess.Popen([shutil.which("mosquitto"), "-c", conf], stdout=self.log, stderr=self.log)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("mosquitto exited: see {}".format(self.log.name))
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not listen on port {}".format(self.port))
+
+
+@pytest.fixture
+def persistent_broker(tmp_path):
+    """A mosquitto with persistence: a subscriber's session survives a broker restart."""
+    d = tmp_path / "persistent-broker"
+    d.mkdir()
+    b = PersistentBroker(d).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory):
+    """{'ca', 'cert', 'key', 'other_ca'}: a CA, a server cert for 127.0.0.1 signed by it, an unrelated CA."""
+    d = tmp_path_factory.mktemp("tls")
+
+    def openssl(*args):
+        subprocess.check_call(["openssl"] + list(args), cwd=str(d), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for name in ("ca", "other-ca"):
+        openssl("req", "-x509", *ec, "-keyout", name + ".key", "-out", name + ".crt", "-days", "2",
+                "-subj", "/CN=edge-agent test " + name)
+    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    with open(str(d / "san.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+    return {"ca": str(d / "ca.crt"), "cert": str(d / "server.crt"), "key": str(d / "server.key"),
+            "other_ca": str(d / "other-ca.crt")}

@@ -1,0 +1,114 @@
+"""The one place that knows paho-mqtt 1.6 from 2.x (callback signatures, reason codes).
+
+paho 2.x requires ``CallbackAPIVersion`` and passes ReasonCode objects; 1.6
+(the last release for JetPack 4's Python 3.6) passes ints for MQTT 3.1.1 and
+ReasonCodes for MQTT 5. Callers get one signature whatever the version:
+``on_connect(ok, reason)``, ``on_disconnect(reason)``, ``on_publish(mid, ok)``,
+``on_message(msg)``, ``on_connect_fail()``. Every callback body is guarded: an
+exception is logged, never raised into paho's network thread (paho#365).
+"""
+
+import logging
+
+import paho.mqtt
+import paho.mqtt.client as mqtt
+
+log = logging.getLogger("edge_agent.mqtt")
+
+PAHO_VERSION = tuple(int(p) for p in paho.mqtt.__version__.split(".")[:2] if p.isdigit())
+PAHO_V2 = PAHO_VERSION >= (2, 0)
+PROTOCOLS = {"3.1.1": mqtt.MQTTv311, "5": mqtt.MQTTv5}
+ERR_SUCCESS = mqtt.MQTT_ERR_SUCCESS
+ERR_NO_CONN = mqtt.MQTT_ERR_NO_CONN
+
+
+def make_client(client_id, protocol="3.1.1", clean_session=True):
+    """A paho Client for ``protocol`` ('3.1.1' or '5') under either paho major version."""
+    proto = PROTOCOLS[protocol]
+    kwargs = {"client_id": client_id, "protocol": proto}
+    if proto != mqtt.MQTTv5:
+        kwargs["clean_session"] = clean_session
+    if PAHO_V2:
+        return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
+    return mqtt.Client(**kwargs)
+
+
+def connect_async(client, host, port, keepalive, protocol):
+    """Schedule the connection; the loop thread connects and reconnects."""
+    if protocol == "5":
+        client.connect_async(host, port, keepalive, clean_start=True)
+    else:
+        client.connect_async(host, port, keepalive)
+
+
+def _code(rc):
+    """(int value, readable reason) of a paho 1.6 int or a ReasonCode(s) object."""
+    value = getattr(rc, "value", rc)
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        value = -1
+    if hasattr(rc, "getName"):
+        name = rc.getName()
+    elif isinstance(rc, int):
+        name = None
+    else:
+        name = str(rc)
+    return value, name
+
+
+def connack_reason(rc):
+    """(ok, text) for a CONNACK code of any paho version / protocol."""
+    value, name = _code(rc)
+    if name is None:
+        name = mqtt.connack_string(value)
+    return value == 0, name
+
+
+def disconnect_reason(rc):
+    value, name = _code(rc)
+    if value == 0:
+        return "normal disconnection"
+    if name is None:
+        name = mqtt.error_string(value)
+    return name
+
+
+def _guard(name, func):
+    def call(*args):
+        try:
+            func(*args)
+        except Exception:  # paho's network thread must survive a bug in a callback
+            log.exception("error in MQTT %s callback", name)
+    return call
+
+
+def set_callbacks(client, on_connect=None, on_disconnect=None, on_publish=None, on_message=None,
+                  on_connect_fail=None):
+    """Install version-independent, guarded callbacks (see the module docstring)."""
+    if on_connect is not None:
+        def _on_connect(c, u, flags, rc, *rest):
+            ok, reason = connack_reason(rc)
+            on_connect(ok, reason)
+        client.on_connect = _guard("connect", _on_connect)
+    if on_disconnect is not None:
+        if PAHO_V2:
+            def _on_disconnect(c, u, flags, rc, props=None):
+                on_disconnect(disconnect_reason(rc))
+        else:
+            def _on_disconnect(c, u, rc, *rest):
+                on_disconnect(disconnect_reason(rc))
+        client.on_disconnect = _guard("disconnect", _on_disconnect)
+    if on_publish is not None:
+        def _on_publish(c, u, mid, *rest):
+            # paho 2.x with MQTT 5 passes the PUBACK reason code; >= 0x80 means rejected.
+            ok = True
+            if rest:
+                value, _ = _code(rest[0])
+                ok = value < 0x80
+            on_publish(mid, ok)
+        client.on_publish = _guard("publish", _on_publish)
+    if on_message is not None:
+        client.on_message = _guard("message", lambda c, u, msg: on_message(msg))
+    if on_connect_fail is not None:
+        client.on_connect_fail = _guard("connect_fail", lambda c, u: on_connect_fail())
