@@ -12,7 +12,7 @@ from conftest import ROOT, run_cli
 EXAMPLE = os.path.join(ROOT, "systemd", "config.example.yaml")
 UNIT = "etc/systemd/system/edge-agent.service"
 WANTS = "etc/systemd/system/multi-user.target.wants/edge-agent.service"
-DROPIN = "etc/systemd/system/edge-agent.service.d/jetson-csi.conf"
+DROPIN = "etc/systemd/system/edge-agent.service.d/jetson.conf"
 
 
 def _install(root, *extra):

@@ -9,7 +9,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNIT = os.path.join(ROOT, "systemd", "edge-agent.service")
-DROPIN = os.path.join(ROOT, "systemd", "jetson-csi.conf")
+DROPIN = os.path.join(ROOT, "systemd", "jetson.conf")
 MAX_EXPOSURE = 4.9
 
 pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
@@ -27,7 +27,7 @@ def _unit_copy(tmp_path, with_dropin=False):
     if with_dropin:
         d = tmp_path / "edge-agent.service.d"
         d.mkdir()
-        shutil.copy(DROPIN, str(d / "jetson-csi.conf"))
+        shutil.copy(DROPIN, str(d / "jetson.conf"))
     return str(path)
 
 
@@ -36,8 +36,9 @@ def _run(args):
                           universal_newlines=True, timeout=60)
 
 
-def test_unit_verifies(tmp_path):
-    unit = _unit_copy(tmp_path)
+@pytest.mark.parametrize("with_dropin", [False, True], ids=["base", "jetson"])
+def test_unit_verifies(tmp_path, with_dropin):
+    unit = _unit_copy(tmp_path, with_dropin)
     res = _run(["verify", unit])
     assert res.returncode == 0, res.stderr
     # verify prints warnings (unknown keys, bad values) without failing: none allowed.
@@ -60,7 +61,7 @@ def _exposure(unit):
     return float(match.group(1))
 
 
-@pytest.mark.parametrize("with_dropin", [False, True], ids=["base", "jetson-csi"])
+@pytest.mark.parametrize("with_dropin", [False, True], ids=["base", "jetson"])
 def test_security_exposure_ok(tmp_path, with_dropin):
     exposure = _exposure(_unit_copy(tmp_path, with_dropin))
     assert exposure <= MAX_EXPOSURE, "exposure {} > {}".format(exposure, MAX_EXPOSURE)

@@ -24,7 +24,7 @@ GECOS = "edge-agent service"  # marks the user as ours: uninstall --purge remove
 UNIT = "edge-agent.service"
 UNIT_DIR = "/etc/systemd/system"
 WANTS_DIR = UNIT_DIR + "/multi-user.target.wants"
-DROPIN = UNIT_DIR + "/edge-agent.service.d/jetson-csi.conf"
+DROPIN = UNIT_DIR + "/edge-agent.service.d/jetson.conf"
 CONFIG_DIR = "/etc/edge-agent"
 STATE_DIR = "/var/lib/edge-agent"
 CACHE_DIR = "/var/cache/edge-agent"
@@ -206,7 +206,7 @@ def install(root="/", exec_path=None, enable=True, start=True, jetson=None):
     if jetson is None:
         jetson = os.path.exists(_p(root, "/etc/nv_tegra_release"))
     if jetson:
-        with open(data_path("systemd", "jetson-csi.conf")) as f:
+        with open(data_path("systemd", "jetson.conf")) as f:
             _write(_p(root, DROPIN), f.read(), 0o644)
         written.append(_p(root, DROPIN))
     if root != "/":
