@@ -297,7 +297,7 @@ def _manifest_path_of(path):
 
 def _invalid(path, reason, size):
     error = EngineError("{}: {}; run: {}".format(path, reason, fix_command(size)))
-    error.reason = reason
+    setattr(error, "reason", reason)  # status() reports the reason without the path and fix
     return error
 
 

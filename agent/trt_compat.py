@@ -16,7 +16,7 @@ from .errors import BackendUnavailable, EngineError
 if TYPE_CHECKING:  # the stubs describe TensorRT 10; calls to older APIs carry narrow ignores
     import tensorrt
 
-IOTensor = collections.namedtuple("IOTensor", "name index shape dtype is_input")
+IOTensor = collections.namedtuple("IOTensor", "name shape dtype is_input index")
 
 
 def dims(d):
@@ -48,7 +48,11 @@ def version(trt):
     """(major, minor, patch) of the tensorrt module."""
     parts = []
     for p in str(trt.__version__).split(".")[:3]:
-        digits = "".join(c for c in p if c.isdigit())
+        digits = ""
+        for c in p:  # leading digits only: "0b6" (a pre-release) is 0
+            if not c.isdigit():
+                break
+            digits += c
         parts.append(int(digits or 0))
     return tuple(parts)
 

@@ -1,0 +1,171 @@
+"""The TensorRT backend: a verified engine run with pycuda on one stream.
+
+The thread that creates the backend owns it: the CUDA context (the device's
+primary context, retained and pushed around every call, never ``pycuda.autoinit``),
+the engine, the execution context, one stream and page-locked host buffers. On an
+integrated GPU (Jetson: CPU and GPU share DRAM) the input is mapped host memory the
+GPU reads directly, saving a copy. ``close()`` frees in reverse order and releases
+the context, so no "context stack was not empty" at exit.
+
+Not yet here: a fused ``detect(image, det_cfg)`` through agent.kernels.gpu (GpuPreprocess,
+GpuDecode, GpuNms); agent/kernels/ had only the .cu sources when this was written, so the
+pipeline uses ``infer`` plus the numpy/CPU decode and NMS.
+"""
+
+import contextlib
+import logging
+from typing import Any, Dict, List
+
+import numpy as np
+
+from .. import trt_compat
+from ..engines import verify_artifact
+from ..errors import BackendUnavailable, EngineError
+from .base import Backend, TensorSpec
+
+log = logging.getLogger("edge_agent.backends.tensorrt")
+
+
+def _import_pycuda():
+    # type: () -> Any
+    try:
+        import pycuda.driver as cuda
+    except ImportError as e:
+        raise BackendUnavailable("backend tensorrt: pycuda is not installed here ({})".format(e))
+    return cuda
+
+
+class TensorRTBackend(Backend):
+    """One TensorRT engine; created, used and closed on one thread."""
+
+    name = "tensorrt"
+
+    def __init__(self, engine_path, config):
+        # type: (str, Any) -> None
+        super(TensorRTBackend, self).__init__()
+        self.engine_path = engine_path
+        self.config = config
+        self._cuda = None  # type: Any
+        self._ctx = None  # type: Any
+        self._pushed = 0
+        self._stream = None  # type: Any
+        self._host = []  # type: List[Any]
+        self._device = []  # type: List[Any]
+        self._mapped_input = False
+        self._engine = None  # type: Any
+        self._context = None  # type: Any
+        self._runtime = None  # type: Any
+        self._tensors = []  # type: List[Any]
+        self._run = None  # type: Any
+        # Check before deserializing: a plan is native code, load only one we built (sha256).
+        self.metadata = verify_artifact(engine_path)
+        self._trt = trt_compat.import_tensorrt()
+        cuda = self._cuda = _import_pycuda()
+        cuda.init()
+        device = cuda.Device(0)
+        self._ctx = device.retain_primary_context()
+        try:
+            with self._current():
+                self._load(device)
+        except BaseException:
+            self.close()
+            raise
+
+    @contextlib.contextmanager
+    def _current(self):
+        """Make this backend's context current for the block (pycuda keeps a per-thread stack)."""
+        self._ctx.push()
+        self._pushed += 1
+        try:
+            yield
+        finally:
+            self._pushed -= 1
+            self._cuda.Context.pop()
+
+    def _load(self, device):
+        # type: (Any) -> None
+        trt, cuda = self._trt, self._cuda
+        logger = trt.Logger(trt.Logger.WARNING)
+        trt.init_libnvinfer_plugins(logger, "")
+        self._runtime = trt.Runtime(logger)
+        with open(self.engine_path, "rb") as f:
+            self._engine = self._runtime.deserialize_cuda_engine(f.read())
+        if self._engine is None:
+            raise EngineError("{}: TensorRT could not deserialize the engine; run: edge-agent build-engine --size {}"
+                              .format(self.engine_path, self.metadata.get("size", "fast")))
+        self._context = self._engine.create_execution_context()
+        tensors = trt_compat.io_tensors(trt, self._engine)
+        for t in tensors:
+            if t.is_input and any(d < 0 for d in t.shape):
+                trt_compat.set_input_shape(trt, self._context, t, (1,) + tuple(t.shape[1:]))
+        integrated = bool(device.get_attribute(cuda.device_attribute.INTEGRATED))
+        self._stream = cuda.Stream()
+        addresses = []
+        for t in tensors:
+            shape = trt_compat.context_shape(trt, self._context, t)
+            size = int(np.prod(shape))
+            if t.is_input and integrated:
+                # Jetson: CPU and GPU share DRAM; mapped memory avoids the host->device copy.
+                host = cuda.pagelocked_empty(size, t.dtype, mem_flags=cuda.host_alloc_flags.DEVICEMAP)
+                addr = host.base.get_device_pointer()
+                self._device.append(None)
+                self._mapped_input = True
+            else:
+                host = cuda.pagelocked_empty(size, t.dtype)
+                dev = cuda.mem_alloc(host.nbytes)
+                self._device.append(dev)
+                addr = int(dev)
+            self._host.append(host.reshape(shape))
+            addresses.append(addr)
+            spec = TensorSpec(t.name, tuple(shape), np.dtype(t.dtype).name)
+            (self.inputs if t.is_input else self.outputs).append(spec)
+        self._tensors = tensors
+        self._run = trt_compat.make_executor(trt, self._context, tensors, addresses)
+        log.info("loaded %s (TensorRT %s, %s, %s%s)", self.engine_path, trt_compat.version_string(trt),
+                 self.metadata.get("precision", {}).get("built"), device.name(),
+                 ", mapped input" if self._mapped_input else "")
+
+    def infer(self, blob):
+        # type: (np.ndarray) -> Dict[str, np.ndarray]
+        """Run the engine on ``blob`` (1x3xHxW float32); return {output name: ndarray} (copies)."""
+        cuda = self._cuda
+        with self._current():
+            for t, host, dev in zip(self._tensors, self._host, self._device):
+                if t.is_input:
+                    np.copyto(host, blob.reshape(host.shape), casting="same_kind")
+                    if dev is not None:
+                        cuda.memcpy_htod_async(dev, host, self._stream)
+            if not self._run(self._stream.handle):
+                raise EngineError("{}: TensorRT execution failed".format(self.engine_path))
+            for t, host, dev in zip(self._tensors, self._host, self._device):
+                if not t.is_input:
+                    cuda.memcpy_dtoh_async(host, dev, self._stream)
+            self._stream.synchronize()
+            return {t.name: host.copy() for t, host in zip(self._tensors, self._host) if not t.is_input}
+
+    def close(self):
+        # type: () -> None
+        """Free in reverse order of creation, then release the context; idempotent."""
+        if self._ctx is None:
+            return
+        try:
+            with self._current():
+                self._run = None
+                for dev in reversed(self._device):
+                    if dev is not None:
+                        dev.free()
+                self._device = []
+                for host in reversed(self._host):
+                    base = getattr(host, "base", None)
+                    while base is not None and not hasattr(base, "free"):
+                        base = getattr(base, "base", None)
+                    if base is not None:
+                        base.free()
+                self._host = []
+                self._stream = None
+                self._context = None
+                self._engine = None
+                self._runtime = None
+        finally:
+            ctx, self._ctx = self._ctx, None
+            ctx.detach()
