@@ -1,0 +1,185 @@
+"""``size: auto``: the most accurate model size that meets the latency budget / FPS target here.
+
+The figures come from the benchmark report (``auto_size.report``, default
+``<state_dir>/benchmark.json``, written by ``edge-agent benchmark``). A report is used
+only if it was measured on this host, with this backend, for these exact models
+(sha256 of each ONNX); otherwise the sizes are measured first (speed only, on a
+synthetic frame: a few seconds) and the report saved.
+
+- latency: the p50 end-to-end latency of the real Pipeline fed one frame at a time
+  (capture to sink: what a real-time camera sees), compared with ``latency_budget_ms``;
+- throughput: the pipelined FPS of one unpaced stream, compared with ``target_fps``;
+- accuracy: mAP50-95 when the report has it for every candidate, else the model's
+  GFLOPs as a proxy (bigger models of one family are more accurate), else parameters.
+
+If no size meets the constraints, the fastest one is picked with a WARNING.
+"""
+
+import json
+import logging
+import os
+
+from .errors import AgentError
+
+log = logging.getLogger("edge_agent.autosize")
+
+QUICK_FRAMES = 20
+QUICK_WARMUP = 3
+
+last_choice_reason = ""  # why the last choose_size() picked what it did (for status)
+
+
+def report_path(config):
+    """Where the benchmark report for ``size: auto`` lives."""
+    return config.auto_size.report or os.path.join(config.state_dir, "benchmark.json")
+
+
+def load_report(path):
+    """The stored report, or None when missing or unreadable (logged)."""
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except (OSError, IOError):
+        return None
+    except ValueError as e:
+        log.warning("size auto: ignoring unreadable benchmark report %s: %s", path, e)
+        return None
+    if not isinstance(report, dict) or report.get("schema_version") != 1:
+        log.warning("size auto: ignoring benchmark report %s: unknown schema_version", path)
+        return None
+    return report
+
+
+def stale_reasons(report, config):
+    """Why ``report`` does not describe this device, backend and these models ([] when it does)."""
+    from .benchmark import environment
+    from .engines import sha256_file
+
+    here = environment(config)
+    reasons = []
+    env = report.get("environment", {})
+    for key in ("hostname", "backend"):
+        if env.get(key) != here[key]:
+            reasons.append("{} {} -> {}".format(key, env.get(key), here[key]))
+    for name, size in sorted(config.sizes.items()):
+        entry = report.get("sizes", {}).get(name)
+        if not entry or not entry.get("model") or not _latency(entry) or not _fps(entry):
+            reasons.append("size {} not measured".format(name))
+        elif entry["model"].get("sha256") != sha256_file(size.onnx):
+            reasons.append("size {}: model changed".format(name))
+    return reasons
+
+
+def measure(config, previous=None):
+    """Measure every configured size (speed only, synthetic frames), save and return the report.
+
+    Accuracy of a previous report is kept for models whose sha256 is unchanged.
+    """
+    from . import benchmark as bench
+
+    sizes = sorted(config.sizes)
+    log.info("size auto: measuring sizes %s on this device (no usable benchmark report)", ", ".join(sizes))
+    options = bench.Options(dataset=None, frames=QUICK_FRAMES, warmup=QUICK_WARMUP, streams=(1,),
+                            measure_build=False, accuracy=False)
+    report = bench.run_benchmark(config, sizes, options, isolate=False)
+    for name in sizes:
+        old = ((previous or {}).get("sizes") or {}).get(name) or {}
+        new = report["sizes"][name]
+        if old.get("accuracy") and old.get("model") and new.get("model") \
+                and old["model"].get("sha256") == new["model"].get("sha256"):
+            new["accuracy"] = old["accuracy"]
+        if new.get("error"):
+            raise AgentError("size auto: cannot measure size {}: {}".format(name, new["error"]))
+    path = report_path(config)
+    try:
+        bench.save_report(report, path)
+    except AgentError as e:
+        log.warning("size auto: cannot save the benchmark report: %s", e)
+    return report
+
+
+def _latency(entry):
+    try:
+        return float(entry["latency"]["stages"]["total"]["p50"])
+    except (KeyError, TypeError):
+        return None
+
+
+def _fps(entry):
+    for run in entry.get("throughput") or []:
+        if run.get("streams") == 1 and run.get("fps"):
+            return float(run["fps"])
+    return None
+
+
+def _accuracy_key(entries):
+    """(key function, what it ranks by): mAP50-95 if every entry has it, else GFLOPs, else params."""
+    if all((e.get("accuracy") or {}).get("map50_95") is not None for e in entries.values()):
+        return (lambda e: e["accuracy"]["map50_95"]), "mAP50-95"
+    if all((e.get("model") or {}).get("gflops") is not None for e in entries.values()):
+        return (lambda e: e["model"]["gflops"]), "GFLOPs"
+    return (lambda e: (e.get("model") or {}).get("params") or 0), "parameters"
+
+
+def pick(report, sizes, latency_budget_ms=0.0, target_fps=0.0):
+    """(size, reason, met) from a report: the most accurate of ``sizes`` meeting the constraints,
+    else the fastest (``met`` False)."""
+    entries = {s: report["sizes"][s] for s in sizes}
+    notes, ok = {}, []
+    for name, e in sorted(entries.items()):
+        lat, fps = _latency(e), _fps(e)
+        parts, good = [], True
+        if latency_budget_ms:
+            fits = lat is not None and lat <= latency_budget_ms
+            parts.append("p50 {:.1f} ms {} budget {:g} ms".format(lat or float("nan"), "<=" if fits else ">",
+                                                                  latency_budget_ms))
+            good = good and fits
+        if target_fps:
+            fits = fps is not None and fps >= target_fps
+            parts.append("{:.1f} FPS {} target {:g}".format(fps or 0.0, ">=" if fits else "<", target_fps))
+            good = good and fits
+        notes[name] = "{} {}".format(name, ", ".join(parts))
+        if good:
+            ok.append(name)
+    rank, by = _accuracy_key(entries)
+    if ok:
+        chosen = max(ok, key=lambda s: (rank(entries[s]), s))
+        others = [notes[s] for s in sorted(entries) if s != chosen]
+        reason = "size auto: picked {} (most accurate by {} within constraints): {}".format(
+            chosen, by, "; ".join([notes[chosen]] + others))
+        return chosen, reason, True
+    # Nothing fits: the fastest, by latency when there is a budget, else by FPS.
+    if latency_budget_ms:
+        chosen = min(entries, key=lambda s: (_latency(entries[s]) or float("inf"), s))
+    else:
+        chosen = max(entries, key=lambda s: (_fps(entries[s]) or 0.0, s))
+    reason = "size auto: picked {} (fastest; no size meets the constraints): {}".format(
+        chosen, "; ".join(notes[s] for s in sorted(entries)))
+    return chosen, reason, False
+
+
+def choose_size_with_reason(config, report=None):
+    """(size name, one-line reason) for ``size: auto``; measures first when the report is stale.
+
+    Raises AgentError when the sizes cannot be measured.
+    """
+    global last_choice_reason
+    if report is None:
+        path = report_path(config)
+        stored = load_report(path)
+        reasons = stale_reasons(stored, config) if stored is not None else ["no report at {}".format(path)]
+        if reasons:
+            log.info("size auto: benchmark report not usable (%s)", "; ".join(reasons))
+            report = measure(config, previous=stored)
+        else:
+            report = stored
+    budget, target = config.auto_size.latency_budget_ms, config.auto_size.target_fps
+    size, reason, met = pick(report, sorted(config.sizes), budget, target)
+    (log.info if met else log.warning)("%s", reason)
+    last_choice_reason = reason
+    return size, reason
+
+
+def choose_size(config):
+    """The size ``size: auto`` runs with; see the module docstring."""
+    return choose_size_with_reason(config)[0]
