@@ -413,3 +413,24 @@ def test_make_sinks(tmp_path):
     sinks[1].close()
     off = load_config(None, {"output": {"jsonl": None}}, environ={}, check_files=False)
     assert make_sinks(off) == []
+
+
+def test_queue_overflow_and_restart_keep_order(broker, tmp_path):
+    """A full queue spills to the spool in order; a later run sends what an earlier one left, first."""
+    sub = Subscriber(broker.url, ["edge-agent/dev1/cam0/detections"])
+    config = make_config(tmp_path, broker.url, queue_size=5)
+    first = MqttSink(config)  # never started: its queue overflows at once
+    for seq in range(1, 21):
+        first.emit(record(seq))
+    for _ in range(5):
+        first.timing("cam0", {})  # QoS 0 with a full queue: dropped and counted
+    assert first.dropped_qos0 >= 1
+    first.close()
+    second = start_sink(config)
+    assert second._spool.count == 20
+    for seq in range(21, 26):
+        second.emit(record(seq))
+    assert sub.wait_for(lambda: len(sub.on("/detections")) >= 25)
+    second.close()
+    sub.close()
+    assert first_occurrences([r["seq"] for r in sub.json("/detections")]) == list(range(1, 26))

@@ -220,6 +220,7 @@ class MqttSink(Sink):
             self._closing = time.monotonic() + timeout * 0.6
             self._thread.join(max(0.1, timeout * 0.7))
             self._thread = None
+        self._overflow(None, lock_timeout=1.0)  # what the publisher did not take stays on disk
         if self._client is not None:
             if self._state == "connected":
                 info = self._client.publish(self.base + "/status", dumps(self._offline("stopped")), qos=1, retain=True)
@@ -252,16 +253,19 @@ class MqttSink(Sink):
             else:
                 self.dropped_qos0 += 1
 
-    def _overflow(self, item):
+    def _overflow(self, item, lock_timeout=-1):
         """Queue full (publisher stalled): move the queue and ``item`` to the spool, in order."""
-        with self._lock:
+        if not self._lock.acquire(True, lock_timeout):
+            return
+        try:
             items = []
             try:
                 while True:
                     items.append(self._queue.get_nowait())
             except queue.Empty:
                 pass
-            items.append(item)
+            if item is not None:
+                items.append(item)
             rows = []
             for kind, topic, qos, payload, ordinal, retain in items:
                 if ordinal:
@@ -269,6 +273,8 @@ class MqttSink(Sink):
                 else:
                     self.dropped_qos0 += 1
             self._spool.put_many(rows, self._inflight)
+        finally:
+            self._lock.release()
 
     def _maybe_snapshot(self, cam, topic, record, image):
         snap = self.config.mqtt.snapshot
@@ -408,12 +414,14 @@ class MqttSink(Sink):
     def _handle_batch(self, batch):
         rows = []
         for kind, topic, qos, payload, ordinal, retain in batch:
-            if kind == _SNAPSHOT:
-                data = self._render(payload)
-                if data is None:
-                    continue
-            else:
-                data = dumps(payload).encode("utf-8")
+            try:
+                data = self._render(payload) if kind == _SNAPSHOT else dumps(payload).encode("utf-8")
+            except (ValueError, TypeError) as e:  # e.g. NaN in a payload: lose this one, not the batch
+                log.error("MQTT: cannot encode a message for %s: %s", topic, e)
+                self.rejected += 1
+                continue
+            if data is None:
+                continue
             if ordinal:
                 if (self._connected and not rows and not self._spool.count and self._live < self._window
                         and self._send(topic, qos, data, ordinal, spooled=False)):
