@@ -168,9 +168,13 @@ def build_onnxruntime(job, emit):
 def build_job(job, emit):
     """Validate the ONNX, then build for the job's backend; return the facts for the manifest."""
     emit("validating", "validating {}".format(job["onnx"]))
-    validate_onnx(job["onnx"])
+    model = validate_onnx(job["onnx"])
     if job["backend"] == "onnxruntime":
-        return build_onnxruntime(job, emit)
-    from . import trt_build
+        result = build_onnxruntime(job, emit)
+    else:
+        from . import trt_build
 
-    return trt_build.build(job, emit)
+        result = trt_build.build(job, emit)
+    # The ONNX metadata (class names, imgsz) travels in the manifest: a TensorRT plan drops it.
+    result["onnx_metadata"] = {p.key: p.value for p in model.metadata_props} if model is not None else {}
+    return result

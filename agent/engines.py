@@ -381,6 +381,7 @@ def build(spec, progress=None, force=False, writer=None):
             "precision": {"requested": spec.precision, "built": result["precision_built"]},
             "inputs": result["inputs"], "outputs": result["outputs"], "profile": result.get("profile"),
             "builder_flags": result.get("builder_flags", []),
+            "onnx_metadata": result.get("onnx_metadata", {}),
             "calib_cache_sha256": result.get("calib_cache_sha256"),
             "build_time_s": round(time.time() - start, 2),
             "built_at": datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z",

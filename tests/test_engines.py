@@ -37,6 +37,8 @@ def make_tiny_onnx(path, nc=2, seed=0):
                               [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, c, 64])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "names", repr({i: "class{}".format(i) for i in range(nc)})
     onnx.save(model, str(path))
     return str(path)
 
@@ -128,6 +130,7 @@ def test_manifest_records_what_makes_it_valid(tmp_path, model):
     assert manifest["precision"] == {"requested": "fp32", "built": "fp32"}
     assert manifest["artifact_sha256"] == engines.sha256_file(path)
     assert manifest["inputs"][0]["shape"][1] == 3
+    assert manifest["onnx_metadata"] == {p.key: p.value for p in onnx.load(model).metadata_props}
     for key in ("agent_version", "build_time_s", "builder_flags", "dla_core", "calib_cache_sha256", "profile", "device"):
         assert key in manifest
     assert engines.verify_artifact(path) == manifest

@@ -69,6 +69,7 @@ def test_engine_matches_onnxruntime_within_fp16_tolerance(trt_config):
 
     backend = TensorRTBackend(path, config)
     try:
+        assert backend.metadata == manifest["onnx_metadata"]  # class names survive into the engine
         shape = backend.inputs[0].shape
         blob = np.random.RandomState(0).rand(*shape).astype(np.float32)
         got = backend.infer(blob)

@@ -7,9 +7,10 @@ integrated GPU (Jetson: CPU and GPU share DRAM) the input is mapped host memory 
 GPU reads directly, saving a copy. ``close()`` frees in reverse order and releases
 the context, so no "context stack was not empty" at exit.
 
-Not yet here: a fused ``detect(image, det_cfg)`` through agent.kernels.gpu (GpuPreprocess,
-GpuDecode, GpuNms); agent/kernels/ had only the .cu sources when this was written, so the
-pipeline uses ``infer`` plus the numpy/CPU decode and NMS.
+Not yet here: a fused ``detect(image, det_cfg)`` through agent.kernels.gpu (GpuPreprocess
+writing straight into the engine's input, GpuDecode + GpuNms on its output). That module
+landed while this was written, and wiring it without a GPU to test on would be a guess;
+the pipeline uses ``infer`` plus the CPU decode and NMS until it is wired and tested.
 """
 
 import contextlib
@@ -58,7 +59,8 @@ class TensorRTBackend(Backend):
         self._tensors = []  # type: List[Any]
         self._run = None  # type: Any
         # Check before deserializing: a plan is native code, load only one we built (sha256).
-        self.metadata = verify_artifact(engine_path)
+        self.manifest = verify_artifact(engine_path)
+        self.metadata = dict(self.manifest.get("onnx_metadata") or {})  # class names etc., as ONNX has them
         self._trt = trt_compat.import_tensorrt()
         cuda = self._cuda = _import_pycuda()
         cuda.init()
@@ -92,7 +94,7 @@ class TensorRTBackend(Backend):
             self._engine = self._runtime.deserialize_cuda_engine(f.read())
         if self._engine is None:
             raise EngineError("{}: TensorRT could not deserialize the engine; run: edge-agent build-engine --size {}"
-                              .format(self.engine_path, self.metadata.get("size", "fast")))
+                              .format(self.engine_path, self.manifest.get("size", "fast")))
         self._context = self._engine.create_execution_context()
         tensors = trt_compat.io_tensors(trt, self._engine)
         for t in tensors:
@@ -122,7 +124,7 @@ class TensorRTBackend(Backend):
         self._tensors = tensors
         self._run = trt_compat.make_executor(trt, self._context, tensors, addresses)
         log.info("loaded %s (TensorRT %s, %s, %s%s)", self.engine_path, trt_compat.version_string(trt),
-                 self.metadata.get("precision", {}).get("built"), device.name(),
+                 self.manifest.get("precision", {}).get("built"), device.name(),
                  ", mapped input" if self._mapped_input else "")
 
     def infer(self, blob):
