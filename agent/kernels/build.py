@@ -1,0 +1,198 @@
+"""Compile the kernels: cubins for the GPU (cached), shared libraries for host tests.
+
+``load_kernels(arch)`` is what the service calls: it returns the cached cubin
+(or PTX) paths for this device and compiles only when they are missing, so a
+deployed box needs nvcc at most once. Files are keyed by the sha256 of the
+kernel sources, the shim and the target, and written atomically (temp file,
+fsync, rename), so a crash mid-build never leaves a truncated module.
+"""
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+from agent.errors import AgentError
+from agent.kernels import KERNEL_DIR, SHIM, SOURCES, source_path
+
+log = logging.getLogger("edge_agent.kernels")
+
+
+class KernelBuildError(AgentError):
+    """nvcc or g++ is missing or failed; the message carries the compiler's output."""
+
+
+def default_cache_dir():
+    """$EDGE_AGENT_KERNEL_CACHE, else $XDG_CACHE_HOME/edge-agent/kernels (~/.cache)."""
+    env = os.environ.get("EDGE_AGENT_KERNEL_CACHE")
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "edge-agent", "kernels")
+
+
+def normalize_arch(arch):
+    """'72', 'sm_72', 'compute_72', (7, 2) or 7.2 -> '72'."""
+    if isinstance(arch, (tuple, list)):
+        return "{}{}".format(int(arch[0]), int(arch[1]))
+    s = str(arch)
+    m = re.match(r"^(?:sm_|compute_)?(\d)\.?(\d+)$", s)
+    if not m:
+        raise ValueError("arch: expected e.g. 'sm_72', '72' or (7, 2), got {!r}".format(arch))
+    return m.group(1) + m.group(2)
+
+
+def digest(arch):
+    """sha256 over the kernel sources, the shim and the target arch (cache key)."""
+    h = hashlib.sha256()
+    for name in sorted(SOURCES + (SHIM,)):
+        h.update(name.encode())
+        with open(source_path(name), "rb") as f:
+            h.update(f.read())
+    h.update(normalize_arch(arch).encode())
+    return h.hexdigest()
+
+
+def _run(cmd):
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    except OSError as e:
+        raise KernelBuildError("{}: {}".format(cmd[0], e))
+    if p.returncode != 0:
+        raise KernelBuildError("{} failed ({}):\n{}".format(" ".join(cmd), p.returncode, p.stdout))
+    return p.stdout
+
+
+def _atomic_compile(cmd_for, out_path):
+    """Run the compiler into a temp file beside out_path, fsync, then rename."""
+    d = os.path.dirname(out_path)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.splitext(out_path)[1])
+    os.close(fd)
+    try:
+        _run(cmd_for(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def nvcc_archs(nvcc="nvcc"):
+    """Virtual archs this nvcc supports (['75', '80', ...]); [] when it cannot tell (CUDA < 11)."""
+    try:
+        out = _run([nvcc, "--list-gpu-arch"])
+    except KernelBuildError:
+        return []
+    return sorted(set(re.findall(r"compute_(\d+)", out)), key=int)
+
+
+def _paths(out_dir, arch, ext):
+    tag = digest(arch)[:16]
+    return {
+        os.path.splitext(s)[0]: os.path.join(out_dir, "{}-sm{}-{}.{}".format(os.path.splitext(s)[0], arch, tag, ext))
+        for s in SOURCES
+    }
+
+
+def compile_kernels(out_dir, arch, nvcc="nvcc", ptx=False):
+    """Compile every kernel to a cubin for ``arch`` (or PTX); returns {'nms': path, ...}.
+
+    Falls back to PTX for the newest virtual arch nvcc supports at or below the
+    device (the driver JITs it) when nvcc cannot emit a cubin for ``arch``, for
+    example a GPU newer than the toolkit. Raises KernelBuildError.
+    """
+    arch = normalize_arch(arch)
+    if not os.path.isdir(out_dir):
+        os.makedirs(out_dir)
+    if not ptx:
+        paths = _paths(out_dir, arch, "cubin")
+        try:
+            for stem, path in paths.items():
+                src = source_path(stem + ".cu")
+                _atomic_compile(lambda tmp: [nvcc, "-cubin", "-O3", "-arch=sm_" + arch, "-o", tmp, src], path)
+            return paths
+        except KernelBuildError as e:
+            if shutil.which(nvcc) is None:
+                raise
+            log.warning("cubin for sm_%s failed, falling back to PTX: %s", arch, str(e).splitlines()[0])
+    known = nvcc_archs(nvcc)
+    supported = [a for a in known if int(a) <= int(arch)]
+    if known and not supported:
+        raise KernelBuildError(
+            "{} supports compute_{}..compute_{}; none runs on sm_{} (use the device's CUDA toolkit)".format(
+                nvcc, known[0], known[-1], arch))
+    virt = supported[-1] if supported else arch
+    paths = _paths(out_dir, arch, "ptx")
+    for stem, path in paths.items():
+        src = source_path(stem + ".cu")
+        _atomic_compile(lambda tmp: [nvcc, "-ptx", "-O3", "-arch=compute_" + virt, "-o", tmp, src], path)
+    return paths
+
+
+def load_kernels(arch, cache_dir=None, nvcc="nvcc", compile_if_missing=True):
+    """Paths of this device's compiled kernels, preferring cached cubins over PTX.
+
+    Compiles (once) when nothing matching the current sources is cached.
+    Raises KernelBuildError when nothing is cached and compiling is not
+    allowed or fails.
+    """
+    arch = normalize_arch(arch)
+    cache_dir = cache_dir or default_cache_dir()
+    for ext in ("cubin", "ptx"):
+        paths = _paths(cache_dir, arch, ext)
+        if all(os.path.isfile(p) for p in paths.values()):
+            return paths
+    if not compile_if_missing:
+        raise KernelBuildError("no compiled kernels for sm_{} in {} (run compile_kernels)".format(arch, cache_dir))
+    log.info("compiling CUDA kernels for sm_%s into %s", arch, cache_dir)
+    return compile_kernels(cache_dir, arch, nvcc=nvcc)
+
+
+def kernel_signatures(names=None):
+    """[(kernel name, [parameter declarations])] of every extern "C" __global__ kernel."""
+    out = []
+    for name in names or [os.path.splitext(s)[0] for s in SOURCES]:
+        with open(source_path(name + ".cu")) as f:
+            text = f.read()
+        for m in re.finditer(r'extern "C" __global__ void (\w+)\(([^)]*)\)', text):
+            out.append((m.group(1), [" ".join(p.split()) for p in m.group(2).split(",")]))
+    return out
+
+
+def host_library(out_dir, names=None, cxx="g++"):
+    """Build kernel sources for the CPU through the shim into one .so; returns its path (tests only).
+
+    Equivalent to ``g++ -std=c++20 -O2 -shared -fPIC -pthread -x c++ -include
+    cuda_host_shim.h nms.cu ...`` but as one translation unit that includes the
+    sources: the C++ headers the shim needs are parsed once instead of per file
+    (~5 s each on a 2-core CI box). Kernel and macro names are prefixed per file
+    (ea_nms_*, EA_NMS_*, ...) so they do not collide. Each kernel also gets an
+    ``ea_launch_<kernel>(gx, gy, gz, bx, by, bz, params...)`` trampoline.
+    """
+    names = list(names or [os.path.splitext(s)[0] for s in SOURCES])
+    lines = ['#include "{}"'.format(source_path(SHIM))]
+    lines += ['#include "{}"'.format(source_path(name + ".cu")) for name in names]
+    for kernel, params in kernel_signatures(names):
+        # ea_launch_<kernel>(grid xyz, block xyz, kernel params...): lets tests drive
+        # gpu.py's launch code (argument order, geometry) on the CPU.
+        args = ", ".join(p.split()[-1].lstrip("*") for p in params)
+        lines.append('extern "C" void ea_launch_{k}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, '
+                     'unsigned by, unsigned bz, {p}) {{ EA_LAUNCH({k}, dim3(gx, gy, gz), dim3(bx, by, bz), {a}); }}'
+                     .format(k=kernel, p=", ".join(params), a=args))
+    text = "\n".join(lines) + "\n"
+    key = hashlib.sha256((text + digest("00")).encode()).hexdigest()[:12]
+    so = os.path.join(out_dir, "libea_{}_host-{}.so".format("_".join(names), key))
+    if os.path.isfile(so):
+        return so
+    unity = os.path.join(out_dir, "ea_{}_host-{}.cc".format("_".join(names), key))
+    with open(unity, "w") as f:
+        f.write(text)
+    _atomic_compile(lambda tmp: [cxx, "-std=c++20", "-O2", "-shared", "-fPIC", "-pthread", unity, "-o", tmp], so)
+    return so
+
+
+__all__ = ["KERNEL_DIR", "KernelBuildError", "compile_kernels", "load_kernels", "host_library", "digest"]

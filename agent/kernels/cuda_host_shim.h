@@ -1,0 +1,197 @@
+// cuda_host_shim.h: compile the CUDA kernels in agent/kernels/*.cu with g++ so
+// they can be tested on a machine without a GPU.
+//
+// Execution model (the one thing to understand before reading the kernels):
+//   * one std::thread per CUDA thread of a block; the threads live in a pool
+//     that grows to the largest block launched and is reused by every block
+//     and every launch (creating threads per launch cost ~40 ms per NMS call);
+//   * blocks run one after another, so a function-local `static` array is a
+//     correct stand-in for `__shared__` (exactly one block is alive at a time);
+//   * launches are serialized by a global mutex for the same reason;
+//   * __syncthreads() is a barrier of the block (BlockBarrier below); a thread
+//     that returns from the kernel leaves it (arrive_and_drop), like exited
+//     threads on Volta and newer, so early returns do not deadlock the block;
+//   * threadIdx/blockIdx/blockDim/gridDim are thread_local; atomicAdd/atomicMax
+//     use std::atomic_ref; min/max/__ldg are the device overloads' host twins.
+// Entry: EA_LAUNCH(kernel, grid, block, args...), used by the extern "C"
+// *_host functions at the end of each .cu file (excluded under nvcc/NVRTC).
+// Under nvcc (__CUDACC__) this header is empty: the .cu files are plain CUDA.
+#ifndef EA_CUDA_HOST_SHIM_H
+#define EA_CUDA_HOST_SHIM_H
+#ifndef __CUDACC__
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+
+struct dim3 {
+    unsigned int x, y, z;
+    constexpr dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+namespace ea_shim {
+inline thread_local dim3 tl_threadIdx{0, 0, 0};
+inline thread_local dim3 tl_blockIdx{0, 0, 0};
+inline thread_local dim3 tl_blockDim{1, 1, 1};
+inline thread_local dim3 tl_gridDim{1, 1, 1};
+inline std::mutex launch_mutex;
+
+// Block barrier on atomics with futex sleeps (C++20 atomic wait/notify).
+// Not std::barrier: it has no way to re-arm after arrive_and_drop, and a mutex
+// + condition variable convoy made each phase cost ~0.5 ms with 64 threads on
+// 2 cores. `rearm` is reset by the last arriving thread before anyone leaves.
+class BlockBarrier {
+  public:
+    explicit BlockBarrier(unsigned n, BlockBarrier* rearm = nullptr) : expected_(n), rearm_(rearm), n_(n) {}
+    void arrive_and_wait() {
+        unsigned phase = phase_.load(std::memory_order_acquire);
+        if (arrive(1)) return;
+        while (phase_.load(std::memory_order_acquire) == phase) phase_.wait(phase, std::memory_order_acquire);
+    }
+    void arrive_and_drop() { arrive(0); }  // leave for good (thread exited); may complete the phase
+    void reset(unsigned n) {  // only while no thread is inside the barrier
+        expected_.store(n);
+        arrived_.store(0);
+    }
+
+  private:
+    // Returns true when this arrival completed the phase.
+    bool arrive(int stay) {
+        std::lock_guard<std::mutex> lk(m_);  // short: counters only, never held while sleeping
+        if (!stay) expected_.fetch_sub(1);
+        unsigned arrived = arrived_.load() + (unsigned)stay;
+        if (arrived < expected_.load() || expected_.load() == 0) {
+            arrived_.store(arrived);
+            return false;
+        }
+        arrived_.store(0);
+        if (rearm_) rearm_->reset(n_);
+        phase_.fetch_add(1, std::memory_order_release);
+        phase_.notify_all();
+        return true;
+    }
+    std::mutex m_;
+    std::atomic<unsigned> expected_, arrived_{0}, phase_{0};
+    BlockBarrier* rearm_;  // reset this one (the block's __syncthreads barrier) on completion
+    unsigned n_;
+};
+inline thread_local BlockBarrier* tl_sync = nullptr;
+
+// Worker k runs CUDA thread k of every block. Leaked on purpose: joining
+// threads from a static destructor of a dlopen'ed library can hang at exit.
+class Pool {
+  public:
+    // Run fn(ctx, k) on workers k = 0..n-1 and wait for all. Caller holds launch_mutex.
+    void run(unsigned n, void (*fn)(void*, unsigned), void* ctx) {
+        while (workers_.size() < n) {
+            unsigned id = (unsigned)workers_.size();
+            workers_.emplace_back([this, id]() { work(id); });
+            workers_.back().detach();
+        }
+        fn_ = fn;
+        ctx_ = ctx;
+        active_.store(n);
+        remaining_.store(n);
+        generation_.fetch_add(1, std::memory_order_release);
+        generation_.notify_all();
+        for (unsigned r = remaining_.load(); r != 0; r = remaining_.load()) remaining_.wait(r);
+    }
+
+  private:
+    void work(unsigned id) {
+        unsigned seen = 0;
+        for (;;) {
+            generation_.wait(seen, std::memory_order_acquire);
+            seen = generation_.load(std::memory_order_acquire);
+            if (id >= active_.load()) continue;
+            fn_(ctx_, id);
+            if (remaining_.fetch_sub(1) == 1) remaining_.notify_one();
+        }
+    }
+    std::vector<std::thread> workers_;
+    void (*fn_)(void*, unsigned) = nullptr;
+    void* ctx_ = nullptr;
+    std::atomic<unsigned> generation_{0}, active_{0}, remaining_{0};
+};
+inline Pool& pool() {
+    static Pool* p = new Pool();
+    return *p;
+}
+
+// Run kernel(args...) over grid x block: blocks sequentially, threads of a
+// block concurrently. A zero-sized grid or block is a launch error on CUDA;
+// here it is a no-op, and the host entry points never launch one.
+template <class Kernel, class... Args>
+void launch(Kernel kernel, dim3 grid, dim3 block, Args... args) {
+    std::lock_guard<std::mutex> guard(launch_mutex);
+    const unsigned nthreads = block.x * block.y * block.z;
+    const unsigned nblocks = grid.x * grid.y * grid.z;
+    if (nthreads == 0 || nblocks == 0) return;
+    BlockBarrier sync(nthreads);
+    BlockBarrier block_end(nthreads, &sync);  // re-arms `sync` for the next block
+    auto body = [&](unsigned t) {
+        tl_blockDim = block;
+        tl_gridDim = grid;
+        tl_threadIdx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+        for (unsigned b = 0; b < nblocks; ++b) {
+            tl_blockIdx = dim3(b % grid.x, (b / grid.x) % grid.y, b / (grid.x * grid.y));
+            tl_sync = &sync;
+            kernel(args...);
+            sync.arrive_and_drop();  // an exited thread no longer counts at __syncthreads
+            if (b + 1 < nblocks) block_end.arrive_and_wait();  // the pool waits for the last one
+        }
+    };
+    pool().run(nthreads, [](void* ctx, unsigned t) { (*static_cast<decltype(body)*>(ctx))(t); }, &body);
+}
+}  // namespace ea_shim
+
+#define threadIdx (ea_shim::tl_threadIdx)
+#define blockIdx (ea_shim::tl_blockIdx)
+#define blockDim (ea_shim::tl_blockDim)
+#define gridDim (ea_shim::tl_gridDim)
+#define EA_LAUNCH(kernel, grid, block, ...) ea_shim::launch(kernel, grid, block, __VA_ARGS__)
+
+inline void __syncthreads() { ea_shim::tl_sync->arrive_and_wait(); }
+
+template <class T>
+inline T __ldg(const T* p) { return *p; }
+
+inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
+    return std::atomic_ref<unsigned int>(*p).fetch_add(v);
+}
+inline int atomicMax(int* p, int v) {
+    std::atomic_ref<int> a(*p);
+    int old = a.load();
+    while (old < v && !a.compare_exchange_weak(old, v)) {
+    }
+    return old;
+}
+
+// CUDA's device overloads of min/max (global namespace, same-type arguments).
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline unsigned int min(unsigned int a, unsigned int b) { return a < b ? a : b; }
+inline unsigned int max(unsigned int a, unsigned int b) { return a > b ? a : b; }
+inline long long min(long long a, long long b) { return a < b ? a : b; }
+inline long long max(long long a, long long b) { return a > b ? a : b; }
+inline float min(float a, float b) { return std::fmin(a, b); }
+inline float max(float a, float b) { return std::fmax(a, b); }
+// fminf/fmaxf/floorf come from <cmath> (global namespace), as in CUDA.
+
+inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, sizeof i); return i; }
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, sizeof f); return f; }
+
+#endif  // !__CUDACC__
+#endif  // EA_CUDA_HOST_SHIM_H
