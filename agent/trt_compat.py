@@ -38,8 +38,9 @@ def import_tensorrt():
     except ImportError as e:
         raise BackendUnavailable("backend tensorrt: the tensorrt Python package is not installed here ({})".format(e))
     if not hasattr(trt, "Builder"):  # e.g. tensorrt-stubs alone: a namespace package without the runtime
-        raise BackendUnavailable("backend tensorrt: the TensorRT runtime is not installed here (found only {})"
-                                 .format(getattr(trt, "__path__", trt)))
+        where = list(getattr(trt, "__path__", [])) or [str(trt)]
+        raise BackendUnavailable("backend tensorrt: the TensorRT runtime is not installed here (only type stubs at {})"
+                                 .format(where[0]))
     return trt
 
 

@@ -1,7 +1,6 @@
 """``edge-agent build-engine``: build (or check) the cached engine of each model size."""
 
 import os
-import time
 
 import click
 
@@ -52,7 +51,6 @@ def build_engine(ctx, config_path, size, onnx, engines_dir, backend, precision, 
     overrides = dict(onnx=onnx, engines_dir=engines_dir, precision=precision, calib_dir=calib_dir,
                      calib_cache=calib_cache, dla_core=dla_core, workspace_mb=workspace_mb, batch=batch,
                      allow_slow_precision=allow_slow_precision or None)
-    start = time.time()
 
     def progress(line):
         click.echo(line, err=True)
@@ -75,7 +73,7 @@ def build_engine(ctx, config_path, size, onnx, engines_dir, backend, precision, 
             click.echo("{}: up to date ({})".format(name, _rel(path)))
         else:
             click.echo("{}: built {} ({} {}, {:.1f}s)".format(name, _rel(path), backend_name,
-                                                              manifest["precision"]["built"], time.time() - start))
+                                                              manifest["precision"]["built"], manifest["build_time_s"]))
     if invalid:
         ctx.exit(1)
 
