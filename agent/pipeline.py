@@ -32,6 +32,12 @@ QUEUE_DEPTH = 2  # frames waiting per camera: enough to overlap, few enough to s
 _END = object()
 
 
+def _release(item):
+    """Give a queued frame's letterbox buffer back to its pool (fused models have none)."""
+    if item[2] is not None:
+        item[2].put(item[1])
+
+
 class Model(object):
     """A loaded size: backend, decoder, labels, input size. Lives on the inference thread."""
 
@@ -50,6 +56,9 @@ class Model(object):
             self.backend.close()
             raise
         self.input_size = self.backend.input_size
+        # A backend that keeps the frame on the GPU (preprocess, infer, decode, NMS there)
+        # offers detect(image, detection) -> (boxes in frame pixels, scores, class ids, stage ms).
+        self.fused = callable(getattr(self.backend, "detect", None))
 
     def close(self):
         self.backend.close()
@@ -256,12 +265,16 @@ class Pipeline(object):
                     break
                 if frame is None:
                     continue
-                size = self._model.input_size
-                pool = self._pool(camera, size)
-                lb = pool.get()
+                model = self._model
                 t0 = now()
-                blob, mapping = lb.run(frame.image)
-                item = (frame, lb, pool, blob, mapping, t0, now())
+                if model.fused:
+                    item = (frame, None, None, None, None, t0, t0)
+                else:
+                    pool = self._pool(camera, model.input_size)
+                    lb = pool.get()
+                    t0 = now()
+                    blob, mapping = lb.run(frame.image)
+                    item = (frame, lb, pool, blob, mapping, t0, now())
                 camera.frames += 1
                 self._enqueue(camera, item)
         except AgentError as e:
@@ -278,13 +291,13 @@ class Pipeline(object):
                 break
             except queue.Full:
                 if self._stop.is_set() and item is not _END:
-                    item[2].put(item[1])
+                    _release(item)
                     return
                 if camera.source.live:
                     try:  # freshest frame wins: drop the oldest waiting one
                         old = camera.queue.get_nowait()
                         if old is not _END:
-                            old[2].put(old[1])
+                            _release(old)
                             camera.dropped += 1
                     except queue.Empty:
                         pass
@@ -326,23 +339,25 @@ class Pipeline(object):
                     break
                 camera, (frame, lb, pool, blob, mapping, t_pre0, t_pre1) = got
                 model = self._model
-                if lb.input_w != model.input_size[0] or lb.input_h != model.input_size[1]:
-                    pool.put(lb)  # preprocessed for the model we just swapped out
+                if model.fused != (lb is None) or (lb is not None and (lb.input_w, lb.input_h) != model.input_size):
+                    if lb is not None:
+                        pool.put(lb)  # prepared for the model we just swapped out
                     camera.dropped += 1
                     continue
-                t1 = now()
-                outputs = model.backend.infer(blob)
-                t2 = now()
-                pool.put(lb)
-                boxes, scores, class_ids = postprocess(model.decoder, outputs, self.config.detection)
-                boxes = to_frame(boxes, mapping)
+                times = {"capture": max(0.0, (t_pre0 - frame.monotonic) * 1000.0)}
+                if model.fused:
+                    boxes, scores, class_ids, gpu_times = model.backend.detect(frame.image, self.config.detection)
+                    times.update(gpu_times)
+                else:
+                    t1 = now()
+                    outputs = model.backend.infer(blob)
+                    t2 = now()
+                    pool.put(lb)
+                    boxes, scores, class_ids = postprocess(model.decoder, outputs, self.config.detection)
+                    boxes = to_frame(boxes, mapping)
+                    times.update(preprocess=(t_pre1 - t_pre0) * 1000.0, infer=(t2 - t1) * 1000.0,
+                                 postprocess=(now() - t2) * 1000.0)
                 t3 = now()
-                times = {
-                    "capture": max(0.0, (t_pre0 - frame.monotonic) * 1000.0),
-                    "preprocess": (t_pre1 - t_pre0) * 1000.0,
-                    "infer": (t2 - t1) * 1000.0,
-                    "postprocess": (t3 - t2) * 1000.0,
-                }
                 self._out.put((camera, frame, model, boxes, scores, class_ids, times, t3))
         except Exception:
             log.exception("inference thread failed")

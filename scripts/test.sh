@@ -8,4 +8,9 @@ scripts/setup.sh test
 export PATH="$PATH:/usr/sbin"
 echo "check: runtime code parses on Python 3.6 (vermin)"
 $PY -m vermin -q -t=3.6- --violations --backport dataclasses --no-tips agent
+py36=$(command -v python3.6 || ls "$HOME"/.pyenv/versions/3.6*/bin/python3.6 2>/dev/null | head -n 1 || true)
+if [ -n "$py36" ]; then
+  echo "check: runtime code compiles with a real Python 3.6 ($py36)"
+  "$py36" -m compileall -q agent >/dev/null
+fi
 $PY -m pytest -q -p no:cacheprovider "$@" tests
