@@ -146,7 +146,7 @@ def persistent_broker(tmp_path):
 
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory):
-    """{'ca', 'cert', 'key', 'other_ca'}: a CA, a server cert for 127.0.0.1 signed by it, an unrelated CA."""
+    """A CA, a server cert for 127.0.0.1 and a client cert signed by it, an unrelated CA (paths by name)."""
     d = tmp_path_factory.mktemp("tls")
 
     def openssl(*args):
@@ -162,5 +162,9 @@ def tls_files(tmp_path_factory):
         f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
             "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+    openssl("req", *ec, "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=edge-agent-client")
+    openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "client.crt", "-days", "2")
     return {"ca": str(d / "ca.crt"), "cert": str(d / "server.crt"), "key": str(d / "server.key"),
-            "other_ca": str(d / "other-ca.crt")}
+            "other_ca": str(d / "other-ca.crt"), "client_cert": str(d / "client.crt"),
+            "client_key": str(d / "client.key")}

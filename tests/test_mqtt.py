@@ -367,6 +367,35 @@ def test_tls_and_untrusted_ca(tmp_path, tls_files, caplog):
         b.stop()
 
 
+def test_tls_client_certificate(tmp_path, tls_files):
+    d = tmp_path / "mtls-broker"
+    d.mkdir()
+    conf = AS_ROOT + ("allow_anonymous true\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+                      "require_certificate true\n").format(**tls_files)
+    b = Broker(d, extra_conf=conf).start()
+    url = "mqtts://127.0.0.1:{}".format(b.port)
+    try:
+        sub_tls = {"ca": tls_files["ca"], "cert": tls_files["client_cert"], "key": tls_files["client_key"]}
+        good = start_sink(make_config(tmp_path / "good", url, tls=sub_tls))
+        assert wait_state(good, "connected"), good.state()
+        good.close()
+        anonymous = start_sink(make_config(tmp_path / "anon", url, tls={"ca": tls_files["ca"]}))
+        assert wait_state(anonymous, "disconnected (mqtts"), anonymous.state()
+        time.sleep(0.5)
+        assert anonymous.state().startswith("disconnected (mqtts"), anonymous.state()
+        anonymous.close(timeout=1.0)
+    finally:
+        b.stop()
+
+
+def test_watch_unreachable_broker_fails_clearly():
+    from conftest import free_port
+
+    url = "mqtt://127.0.0.1:{}".format(free_port())
+    res = run_cli(["watch", "--broker", url, "--json", "--timeout", "1"], timeout=30)
+    assert res.returncode == 1 and url in res.stderr and "cannot connect" in res.stderr, res.stderr
+
+
 def test_watch_json_and_table(broker, tmp_path):
     sink = start_sink(make_config(tmp_path, broker.url))
     assert wait_state(sink, "connected")

@@ -311,6 +311,11 @@ class MqttSink(Sink):
         elif was == "connected":
             self._state = "disconnected ({})".format(reason)
             log.warning("MQTT connection to %s lost: %s; spooling until it is back", self.url, reason)
+        elif not was.startswith("disconnected (refused"):
+            # Closed before CONNACK: e.g. a TLS 1.3 broker rejecting our (missing) client certificate.
+            self._state = "disconnected ({}: closed before accepting: {})".format(self.url, reason)
+            log.warning("MQTT broker %s closed the connection before accepting it (%s; client certificate "
+                        "or ACL?); retrying with backoff", self.url, reason)
 
     def _on_connect_fail(self):
         why = self._probe()
@@ -364,6 +369,8 @@ class MqttSink(Sink):
                             or time.monotonic() > self._closing):
                         self._handle_acks()
                         self._persist_inflight()
+                        self._counters_at = 0.0  # the final counters go out now, not in a second
+                        self._publish_housekeeping()
                         return
             except Exception:  # a bug must not silently stop publishing: log and keep going
                 log.exception("MQTT publisher error")
@@ -427,9 +434,8 @@ class MqttSink(Sink):
                         and self._send(topic, qos, data, ordinal, spooled=False)):
                     continue
                 rows.append((ordinal, topic, qos, data))
-            elif self._connected:
-                self._client.publish(topic, data, qos=qos, retain=retain)
-            else:
+            elif not self._connected or self._client.publish(topic, data, qos=qos, retain=retain).rc not in (
+                    paho_compat.ERR_SUCCESS, paho_compat.ERR_NO_CONN):
                 self.dropped_qos0 += 1
         if rows:
             dropped = self._spool.put_many(rows, self._inflight)
