@@ -356,6 +356,11 @@ class MqttSink(Sink):
             except queue.Empty:
                 pass
             try:
+                if self._closing is None and not paho_compat.loop_alive(self._client):
+                    self._state = "disconnected ({}: connection failed, see the error above)".format(self.url)
+                    log.error("MQTT network thread for %s died; restarting it", self.url)
+                    self._events.append(("disconnected", "network thread died"))
+                    paho_compat.restart_loop(self._client)
                 with self._lock:
                     self._handle_events()
                     self._publish_housekeeping()  # status first after a (re)connect

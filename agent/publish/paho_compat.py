@@ -112,3 +112,23 @@ def set_callbacks(client, on_connect=None, on_disconnect=None, on_publish=None, 
         client.on_message = _guard("message", lambda c, u, msg: on_message(msg))
     if on_connect_fail is not None:
         client.on_connect_fail = _guard("connect_fail", lambda c, u: on_connect_fail())
+
+
+def loop_alive(client):
+    """False when paho's network thread has died (it never should; paho 1.6 lets some errors kill it)."""
+    thread = getattr(client, "_thread", None)
+    return thread is None or thread.is_alive()
+
+
+def restart_loop(client):
+    """Start a new network thread after ``loop_alive`` said it died; it reconnects with backoff.
+
+    paho 1.6 only catches ConnectionError while reading, so an ssl.SSLError after the
+    handshake (a TLS 1.3 broker rejecting a missing client certificate) ends its thread.
+    """
+    client._thread = None
+    try:
+        client._sock_close()
+    except Exception:  # already closed
+        pass
+    client.loop_start()
