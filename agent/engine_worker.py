@@ -1,14 +1,22 @@
 """The child process that parses and builds, so a crashing parser or builder cannot kill the CLI.
 
-``run_in_child(target, job, emit)`` runs ``target(job, emit)`` in a ``spawn``ed
-process (fork is unsafe once CUDA is initialised), relays its progress lines and
-turns a death by signal into one EngineError line naming the phase and the file.
+``run_in_child(target, job, emit)`` runs ``target(job, emit)`` in a fresh
+``python -m agent.engine_worker`` (not fork: unsafe once CUDA is initialised; not
+multiprocessing's spawn: it re-runs the caller's ``__main__``, which breaks for
+stdin, ``-c`` and unguarded scripts). The job goes in on stdin as JSON; progress
+and the result come back as JSON lines on a dedicated pipe (TensorRT and ONNX
+Runtime may print on stdout/stderr, which stay the caller's). A death by signal
+becomes one EngineError line naming the phase and the file.
 """
 
+import importlib
+import json
 import logging
-import multiprocessing
 import os
+import select
 import signal
+import subprocess
+import sys
 import time
 import traceback
 
@@ -18,20 +26,7 @@ from .errors import EngineError, ModelError
 log = logging.getLogger("edge_agent.engines")
 
 HEARTBEAT_S = 30.0  # a TensorRT build can be silent for minutes: say it is still going
-
-
-def _child_main(target, job, conn):
-    def emit(phase, message):
-        conn.send(("progress", phase, message))
-
-    try:
-        conn.send(("done", target(job, emit)))
-    except errors.AgentError as e:
-        conn.send(("error", type(e).__name__, str(e)))
-    except BaseException as e:  # anything else: one line for the user, the traceback at debug level
-        conn.send(("error", "EngineError", "{}: {}".format(type(e).__name__, e), traceback.format_exc()))
-    finally:
-        conn.close()
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _signal_name(number):
@@ -41,55 +36,99 @@ def _signal_name(number):
         return "signal {}".format(number)
 
 
+def _lines(fd, timeout):
+    """Read what is available on ``fd`` within ``timeout``; b'' at EOF, None on timeout."""
+    ready, _, _ = select.select([fd], [], [], timeout)
+    if not ready:
+        return None
+    return os.read(fd, 1 << 16)
+
+
 def run_in_child(target, job, emit, what="", label=""):
     """Run ``target(job, emit)`` in a child; return its result or raise its AgentError.
 
-    ``emit(line)`` receives the child's progress lines prefixed with the elapsed time.
-    ``target`` must be importable by module and name (spawn pickles it by reference).
+    ``target`` must be a module-level function (the child imports it by name) and
+    ``job`` JSON data. ``emit(line)`` receives the child's progress lines, prefixed
+    with the elapsed time.
     """
-    ctx = multiprocessing.get_context("spawn")
-    parent_conn, child_conn = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child_main, args=(target, job, child_conn), name="edge-agent-builder")
+    read_fd, write_fd = os.pipe()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
+    envelope = {"target": "{}:{}".format(target.__module__, target.__name__), "job": job,
+                "sys_path": [p for p in sys.path if p], "fd": write_fd}
     start = time.time()
-    phase = "starting"
-    proc.start()
-    child_conn.close()  # so recv() sees EOF when the child dies
-    last_event = start
     try:
-        while True:
-            if parent_conn.poll(1.0):
-                try:
-                    message = parent_conn.recv()
-                except EOFError:
-                    break
-                kind = message[0]
-                if kind == "progress":
-                    phase = message[1]
-                    emit("[{:6.1f}s] {}{}".format(time.time() - start, label and label + ": ", message[2]))
-                    last_event = time.time()
-                    continue
-                if kind == "done":
-                    return message[1]
-                if len(message) > 3:
-                    log.debug("builder traceback:\n%s", message[3])
-                cls = getattr(errors, message[1], EngineError)
-                raise cls(message[2])
-            if not proc.is_alive() and not parent_conn.poll(0):
-                break
-            if time.time() - last_event >= HEARTBEAT_S:
-                emit("[{:6.1f}s] {}still {}".format(time.time() - start, label and label + ": ", phase))
-                last_event = time.time()
+        proc = subprocess.Popen([sys.executable, "-m", "agent.engine_worker"], stdin=subprocess.PIPE,
+                                pass_fds=(write_fd,), env=env, close_fds=True)
     finally:
-        proc.join(5.0)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(5.0)
-        parent_conn.close()
-    code = proc.exitcode
-    if code is not None and code < 0:
+        os.close(write_fd)  # the child holds the only write end: EOF means it is gone
+    phase, buffered, last_event, prefix = "starting", b"", start, (label + ": ") if label else ""
+    try:
+        try:
+            if proc.stdin is not None:
+                proc.stdin.write(json.dumps(envelope).encode())
+                proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass  # the child died at once; its exit status says why
+        while True:
+            chunk = _lines(read_fd, 1.0)
+            if chunk is None:
+                if time.time() - last_event >= HEARTBEAT_S:
+                    emit("[{:6.1f}s] {}still {}".format(time.time() - start, prefix, phase))
+                    last_event = time.time()
+                continue
+            if not chunk:
+                break
+            buffered += chunk
+            while b"\n" in buffered:
+                line, buffered = buffered.split(b"\n", 1)
+                message = json.loads(line.decode())
+                if message[0] == "progress":
+                    phase = message[1]
+                    emit("[{:6.1f}s] {}{}".format(time.time() - start, prefix, message[2]))
+                    last_event = time.time()
+                elif message[0] == "done":
+                    return message[1]
+                else:
+                    if len(message) > 3:
+                        log.debug("builder traceback:\n%s", message[3])
+                    raise getattr(errors, message[1], EngineError)(message[2])
+    finally:
+        os.close(read_fd)
+        try:
+            proc.wait(10.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    code = proc.returncode
+    if code < 0:
         raise EngineError("builder process died with signal {} ({}) while {} {}".format(
             -code, _signal_name(-code), phase, what).rstrip())
     raise EngineError("builder process exited with status {} while {} {}".format(code, phase, what).rstrip())
+
+
+def main():
+    """The child: read the envelope from stdin, run the target, report on the result pipe."""
+    envelope = json.loads(sys.stdin.read())
+    sys.path[:0] = [p for p in envelope["sys_path"] if p not in sys.path]  # e.g. a test module's folder
+    out = os.fdopen(envelope["fd"], "w")
+
+    def send(message):
+        out.write(json.dumps(message) + "\n")
+        out.flush()
+
+    def emit(phase, message):
+        send(["progress", phase, message])
+
+    module, name = envelope["target"].split(":")
+    try:
+        send(["done", getattr(importlib.import_module(module), name)(envelope["job"], emit)])
+    except errors.AgentError as e:
+        send(["error", type(e).__name__, str(e)])
+    except BaseException as e:  # anything else: one line for the user, the traceback at debug level
+        send(["error", "EngineError", "{}: {}".format(type(e).__name__, e), traceback.format_exc()])
+    finally:
+        out.close()
 
 
 # --- the jobs run in the child --------------------------------------------------------------
@@ -178,3 +217,7 @@ def build_job(job, emit):
     # The ONNX metadata (class names, imgsz) travels in the manifest: a TensorRT plan drops it.
     result["onnx_metadata"] = {p.key: p.value for p in model.metadata_props} if model is not None else {}
     return result
+
+
+if __name__ == "__main__":
+    main()

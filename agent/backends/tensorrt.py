@@ -119,7 +119,7 @@ class TensorRTBackend(Backend):
                 addr = int(dev)
             self._host.append(host.reshape(shape))
             addresses.append(addr)
-            spec = TensorSpec(t.name, tuple(shape), np.dtype(t.dtype).name)
+            spec = TensorSpec(t.name, tuple(shape), t.dtype)  # a numpy scalar type, as the ORT backend gives
             (self.inputs if t.is_input else self.outputs).append(spec)
         self._tensors = tensors
         self._run = trt_compat.make_executor(trt, self._context, tensors, addresses)
