@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from agent.config import load_config
+from agent.errors import ConfigError
 from agent.publish import JsonLinesSink, make_sinks, paho_compat
 from agent.publish.mqtt import MqttSink
 from agent.publish.snapshot import read_comment
@@ -174,6 +175,7 @@ AGENT_SCRIPT = """
 import sys, time
 sys.path.insert(0, {root!r})
 from agent.config import load_config
+from agent.errors import ConfigError
 from agent.publish.mqtt import MqttSink
 config = load_config(None, {{"device_id": "victim", "state_dir": {state!r},
                              "mqtt": {{"enabled": True, "url": {url!r}, "keepalive_s": 60}}}},
@@ -208,6 +210,40 @@ def test_last_will_after_kill9(broker, tmp_path):
     assert late.wait_for(lambda: late.on("/status"))
     assert late.on("/status")[0][2] and late.json("/status")[0]["state"] == "offline"  # retained
     late.close()
+
+
+def test_real_agent_records_status_and_last_will(broker, tmp_path, demo_models, small_video):
+    """``edge-agent run --broker --device-id``: schema-valid records and status, then kill -9 -> last will."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "sizes:\n  fast:\n    onnx: {fast}\n  accurate:\n    onnx: {acc}\n"
+        "cameras:\n  - id: cam0\n    source: {video}\n    loop: true\n"
+        "output:\n  jsonl: null\nengines_dir: {d}/engines\nstate_dir: {d}/state\n".format(
+            fast=demo_models["fast"], acc=demo_models["accurate"], video=small_video, d=tmp_path))
+    sub = Subscriber(broker.url, ["edge-agent/real/#"])
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(config), "--broker",
+                             broker.url, "--device-id", "real"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, universal_newlines=True)
+    try:
+        assert sub.wait_for(lambda: len(sub.on("real/cam0/detections")) >= 5, timeout=60), proc.poll()
+        records = sub.json("real/cam0/detections")
+        for r in records:
+            jsonschema.validate(r, schema("detections"))
+        assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+        online = [s for s in sub.json("real/status") if s["state"] == "online"]
+        assert online and online[-1]["cameras"] == ["cam0"] and online[-1]["model_size"] == "fast"
+        for s in online:
+            jsonschema.validate(s, schema("status"))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        assert sub.wait_for(lambda: sub.json("real/status")[-1]["state"] == "offline", timeout=5)
+        assert sub.json("real/status")[-1]["reason"] == "connection lost"
+        assert sub.on("real/status")[-1][0] == "edge-agent/real/status"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+        sub.close()
 
 
 def run_outage(broker, tmp_path, outage_s, cap, rate=30.0):
@@ -442,6 +478,14 @@ def test_make_sinks(tmp_path):
     sinks[1].close()
     off = load_config(None, {"output": {"jsonl": None}}, environ={}, check_files=False)
     assert make_sinks(off) == []
+    bad_ca = tmp_path / "ca.pem"
+    bad_ca.write_text("not a certificate")
+    for mqtt, key in (({"url": "mqtts://127.0.0.1:1", "tls": {"ca": str(bad_ca)}}, "mqtt.tls"),
+                      ({"password_file": str(tmp_path)}, "mqtt.password_file")):
+        mqtt["enabled"] = True
+        cfg = load_config(None, {"state_dir": str(tmp_path), "mqtt": mqtt}, environ={}, check_files=False)
+        with pytest.raises(ConfigError, match=key):
+            make_sinks(cfg)
 
 
 def test_queue_overflow_and_restart_keep_order(broker, tmp_path):

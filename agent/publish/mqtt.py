@@ -103,6 +103,10 @@ class MqttSink(Sink):
         self.username = m.username or url_user
         self.client_id = m.client_id or "edge-agent-{}-{}".format(config.device_id, uuid.uuid4().hex[:6])
         self._reconnect = (reconnect_min_s, reconnect_max_s)
+        # Read credentials and TLS files now: make_sinks() runs before any camera opens, so a
+        # bad file is a ConfigError (exit 78) naming the key instead of a sink that never connects.
+        self._password = read_password(m)
+        self._ssl = tls_context(m.tls) if (self.tls or m.tls.ca or m.tls.cert) else None
         self._queue = queue.Queue(m.queue_size)
         self._spool = Spool(os.path.join(config.state_dir, "spool.sqlite"), m.spool_max_records)
         # Ordinals continue above what a previous run left in the spool, so its rows go first.
@@ -143,12 +147,9 @@ class MqttSink(Sink):
         self._status = self._status_payload(status or {})
         client = paho_compat.make_client(self.client_id, m.protocol)
         client.will_set(self.base + "/status", dumps(self._offline("connection lost")), qos=1, retain=True)
-        password = read_password(m)
         if self.username is not None:
-            client.username_pw_set(self.username, password)
-        self._ssl = None
-        if self.tls or m.tls.ca or m.tls.cert:
-            self._ssl = tls_context(m.tls)
+            client.username_pw_set(self.username, self._password)
+        if self._ssl is not None:
             client.tls_set_context(self._ssl)
             if m.tls.insecure:
                 client.tls_insecure_set(True)
