@@ -507,3 +507,22 @@ def test_queue_overflow_and_restart_keep_order(broker, tmp_path):
     second.close()
     sub.close()
     assert first_occurrences([r["seq"] for r in sub.json("/detections")]) == list(range(1, 26))
+
+
+def test_snapshot_when_a_chosen_label_appears(broker, tmp_path):
+    sub = Subscriber(broker.url, ["edge-agent/dev1/cam0/snapshot"])
+    sink = start_sink(make_config(tmp_path, broker.url, snapshot={"enabled": True, "interval_s": 60,
+                                                                  "classes": ["dog"]}))
+    assert wait_state(sink, "connected")  # snapshots are QoS 0: not spooled
+    image = np.full((120, 160, 3), 90, np.uint8)
+    sink.emit(record(1), image=image)  # the first frame of a camera: a snapshot
+    sink.emit(record(2, labels=["dog"]), image=image)  # within a second of the last one: deferred
+    sink.emit(record(3, labels=["car"]), image=image)  # not a chosen label
+    time.sleep(1.05)
+    sink.emit(record(4, labels=["dog"]), image=image)  # the deferred appearance
+    sink.emit(record(5, labels=["dog"]), image=image)  # still there: nothing new
+    assert sub.wait_for(lambda: len(sub.on("/snapshot")) >= 2)
+    sink.close()
+    time.sleep(0.2)
+    sub.close()
+    assert [read_comment(p)["seq"] for _, p, _ in sub.on("/snapshot")] == [1, 4]

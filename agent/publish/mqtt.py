@@ -285,8 +285,11 @@ class MqttSink(Sink):
         if snap.classes:
             labels = {d["label"] for d in record["detections"]} & set(snap.classes)
             appeared = labels - self._snap_labels.get(cam, set())
+            if appeared and not due and now - last < 1.0:
+                labels -= appeared  # at most one a second: still "new" on the next frame
+            else:
+                due = due or bool(appeared)
             self._snap_labels[cam] = labels
-            due = due or (appeared and now - last >= 1.0)  # at most one a second on appearances
         if due:
             self._snap_last[cam] = now
             # Copy only on snapshot frames: the source may reuse its buffer.
