@@ -507,6 +507,9 @@ def test_queue_overflow_and_restart_keep_order(broker, tmp_path):
     second.close()
     sub.close()
     assert first_occurrences([r["seq"] for r in sub.json("/detections")]) == list(range(1, 26))
+    second.close()  # idempotent
+    for seq in range(26, 2000):
+        second.emit(record(seq))  # after close(): harmless, never raises
 
 
 def test_snapshot_when_a_chosen_label_appears(broker, tmp_path):

@@ -119,6 +119,7 @@ class MqttSink(Sink):
         self._client = None
         self._thread = None
         self._closing = None
+        self._closed = False
         # Publisher-thread state.
         self._connected = False
         self._conn = 0
@@ -216,6 +217,8 @@ class MqttSink(Sink):
 
     def close(self, timeout=5.0):
         """Flush within ``timeout`` (unsent QoS>=1 records stay spooled), publish offline, disconnect."""
+        if self._closed:
+            return
         deadline = time.monotonic() + timeout
         if self._thread is not None:
             self._closing = time.monotonic() + timeout * 0.6
@@ -231,7 +234,9 @@ class MqttSink(Sink):
             self._client.loop_stop()
             self._client = None
             self._state = "disconnected (closed)"
-        self._spool.close()
+        with self._lock:
+            self._closed = True
+            self._spool.close()
 
     # --- counters for status and tests -----------------------------------------------------
 
@@ -259,6 +264,8 @@ class MqttSink(Sink):
         if not self._lock.acquire(True, lock_timeout):
             return
         try:
+            if self._closed:  # emit() after close(): nowhere left to put it
+                return
             items = []
             try:
                 while True:
