@@ -7,15 +7,20 @@ integrated GPU (Jetson: CPU and GPU share DRAM) the input is mapped host memory 
 GPU reads directly, saving a copy. ``close()`` frees in reverse order and releases
 the context, so no "context stack was not empty" at exit.
 
-Not yet here: a fused ``detect(image, det_cfg)`` through agent.kernels.gpu (GpuPreprocess
-writing straight into the engine's input, GpuDecode + GpuNms on its output). That module
-landed while this was written, and wiring it without a GPU to test on would be a guess;
-the pipeline uses ``infer`` plus the CPU decode and NMS until it is wired and tested.
+Fused path (issue 7): for an engine with one float32 input and one YOLOv8 ``[1, 4+nc, N]``
+float32 output, ``detect(image, detection)`` runs agent.kernels.detector.GpuDetector on
+this stream: GpuPreprocess writes straight into the engine's input (the mapped buffer's
+device pointer on Jetson), GpuDecode + GpuNms read its output, and only the kept
+detections come back. ``detect`` is an attribute set in ``_load`` (None otherwise, so
+the pipeline's ``Model.fused`` is False and it uses ``infer`` + CPU postprocess); the
+kernels come from agent.kernels.build.load_kernels (cached cubin, compiled on first use).
+When the kernels cannot be loaded the backend logs why and stays on the CPU path.
 """
 
 import contextlib
 import logging
-from typing import Any, Dict, List
+import os
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -58,6 +63,10 @@ class TensorRTBackend(Backend):
         self._runtime = None  # type: Any
         self._tensors = []  # type: List[Any]
         self._run = None  # type: Any
+        self._addresses = []  # type: List[int]
+        self._detector = None  # type: Any
+        # Set in _load for YOLOv8-layout engines: (image, detection) -> (boxes, scores, class ids, stage ms).
+        self.detect = None  # type: Optional[Callable[[np.ndarray, Any], Tuple[Any, Any, Any, Dict[str, float]]]]
         # Check before deserializing: a plan is native code, load only one we built (sha256).
         self.manifest = verify_artifact(engine_path)
         self.metadata = dict(self.manifest.get("onnx_metadata") or {})  # class names etc., as ONNX has them
@@ -122,10 +131,71 @@ class TensorRTBackend(Backend):
             spec = TensorSpec(t.name, tuple(shape), t.dtype)  # a numpy scalar type, as the ORT backend gives
             (self.inputs if t.is_input else self.outputs).append(spec)
         self._tensors = tensors
+        self._addresses = addresses
         self._run = trt_compat.make_executor(trt, self._context, tensors, addresses)
+        self._load_detector(device)
         log.info("loaded %s (TensorRT %s, %s, %s%s)", self.engine_path, trt_compat.version_string(trt),
                  self.manifest.get("precision", {}).get("built"), device.name(),
                  ", mapped input" if self._mapped_input else "")
+
+    def _load_detector(self, device):
+        # type: (Any) -> None
+        """Set ``self.detect`` when the engine suits the fused GPU path; else log why not."""
+        from ..labels import class_names
+        from ..postprocess.decode import make_decoder
+
+        ins = [t for t in self._tensors if t.is_input]
+        outs = [t for t in self._tensors if not t.is_input]
+        why = ""
+        layout = ""
+        try:
+            names = class_names(self.metadata)
+            layout = make_decoder(self.outputs, num_classes_hint=len(names) or None).layout
+        except Exception as e:  # the pipeline reports an uninterpretable output itself
+            why = str(e)
+        if not why and (len(ins) != 1 or len(outs) != 1 or layout != "yolov8"):
+            why = "output layout {} (the GPU decode handles yolov8 [1, 4+nc, N] only)".format(layout or "unknown")
+        if not why and (np.dtype(ins[0].dtype) != np.float32 or np.dtype(outs[0].dtype) != np.float32):
+            why = "input/output dtype {}/{} (needs float32)".format(np.dtype(ins[0].dtype), np.dtype(outs[0].dtype))
+        if why:
+            log.info("%s: fused GPU detect off, using infer + CPU postprocess: %s", self.engine_path, why)
+            return
+        from ..kernels import build
+        from ..kernels.detector import GpuDetector
+        from ..kernels.gpu import PycudaRuntime, load_modules
+
+        i_in = self._tensors.index(ins[0])
+        i_out = self._tensors.index(outs[0])
+        out_shape = self.outputs[0].shape
+        in_shape = self.inputs[0].shape
+        try:
+            # Cubins beside the engines (built once per device), else the user kernel cache.
+            cache = os.path.join(os.path.dirname(os.path.abspath(self.engine_path)), "kernels")
+            try:
+                paths = build.load_kernels(device.compute_capability(), cache_dir=cache, compile_if_missing=False)
+            except build.KernelBuildError:
+                paths = build.load_kernels(device.compute_capability())  # compiles once when nothing is cached
+            rt = PycudaRuntime(self._stream)
+            self._detector = GpuDetector(rt, load_modules(rt, paths), in_shape[3], in_shape[2], out_shape[1] - 4,
+                                         out_shape[2], self._execute, self._addresses[i_in],
+                                         int(self._device[i_out]))
+        except Exception as e:  # no nvcc and no cached cubin, a module that does not load: stay on the CPU path
+            log.warning("%s: fused GPU detect off, using infer + CPU postprocess: %s", self.engine_path,
+                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+            return
+        self.detect = self._detect
+        log.info("%s: fused GPU detect on (preprocess, decode and NMS on the GPU)", self.engine_path)
+
+    def _execute(self):
+        # type: () -> None
+        if not self._run(self._stream.handle):
+            raise EngineError("{}: TensorRT execution failed".format(self.engine_path))
+
+    def _detect(self, image, detection):
+        # type: (np.ndarray, Any) -> Tuple[Any, Any, Any, Dict[str, float]]
+        """Frame in, (boxes xyxy in frame pixels, scores, class ids, stage ms) out; all stages on the GPU."""
+        with self._current():
+            return self._detector.detect(image, detection)
 
     def infer(self, blob):
         # type: (np.ndarray) -> Dict[str, np.ndarray]
@@ -152,6 +222,10 @@ class TensorRTBackend(Backend):
             return
         try:
             with self._current():
+                self.detect = None
+                if self._detector is not None:
+                    self._detector.close()
+                    self._detector = None
                 self._run = None
                 for dev in reversed(self._device):
                     if dev is not None:

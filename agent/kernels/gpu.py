@@ -69,6 +69,9 @@ class PycudaRuntime(object):
     def zero(self, dst, nbytes):
         self.cuda.memset_d8_async(dst, 0, nbytes, self.stream)
 
+    def dtod(self, dst, src, nbytes):
+        self.cuda.memcpy_dtod_async(dst, src, nbytes, self.stream)
+
     def sync(self):
         if self.stream is not None:
             self.stream.synchronize()
@@ -121,6 +124,9 @@ class CupyRuntime(object):
 
     def zero(self, dst, nbytes):
         self.rt.memsetAsync(int(dst), 0, nbytes, self._stream())
+
+    def dtod(self, dst, src, nbytes):
+        self.rt.memcpyAsync(int(dst), int(src), nbytes, self.rt.memcpyDeviceToDevice, self._stream())
 
     def sync(self):
         self.cupy.cuda.get_current_stream().synchronize()
