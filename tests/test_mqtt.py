@@ -221,17 +221,21 @@ def test_real_agent_records_status_and_last_will(broker, tmp_path, demo_models, 
         "output:\n  jsonl: null\nengines_dir: {d}/engines\nstate_dir: {d}/state\n".format(
             fast=demo_models["fast"], acc=demo_models["accurate"], video=small_video, d=tmp_path))
     sub = Subscriber(broker.url, ["edge-agent/real/#"])
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(config), "--broker",
-                             broker.url, "--device-id", "real"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, universal_newlines=True)
+    log = tmp_path / "agent.log"
+    with open(str(log), "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(config), "--broker",
+                                 broker.url, "--device-id", "real"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
     try:
-        assert sub.wait_for(lambda: len(sub.on("real/cam0/detections")) >= 5, timeout=60), proc.poll()
+        ok = sub.wait_for(lambda: len(sub.on("real/cam0/detections")) >= 5 or proc.poll() is not None, timeout=60)
+        assert ok and proc.poll() is None, log.read_text()[-2000:]
         records = sub.json("real/cam0/detections")
         for r in records:
             jsonschema.validate(r, schema("detections"))
         assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
-        online = [s for s in sub.json("real/status") if s["state"] == "online"]
-        assert online and online[-1]["cameras"] == ["cam0"] and online[-1]["model_size"] == "fast"
+        assert sub.wait_for(lambda: sub.json("real/status")[-1].get("pipeline_state") == "running")
+        online = sub.json("real/status")
+        assert online[-1]["cameras"] == ["cam0"] and online[-1]["model_size"] == "fast"
+        assert online[-1]["backend"] == "onnxruntime" and online[-1]["state"] == "online"
         for s in online:
             jsonschema.validate(s, schema("status"))
         os.kill(proc.pid, signal.SIGKILL)
@@ -242,7 +246,7 @@ def test_real_agent_records_status_and_last_will(broker, tmp_path, demo_models, 
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.communicate()
+        proc.wait(10)
         sub.close()
 
 

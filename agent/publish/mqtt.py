@@ -524,7 +524,7 @@ class MqttSink(Sink):
                          ("engine_id", "engine_id"), ("state", "pipeline_state"), ("fps", "fps")):
             if src in status:
                 out[dst] = status[src]
-        if "cameras" in status:
+        if status.get("cameras"):  # the service's first status comes before the cameras open
             out["cameras"] = sorted(status["cameras"])
         return out
 
