@@ -55,12 +55,14 @@ class Board(object):
 
     def render(self):
         """The table as text."""
-        head = ["DEVICE", "STATE", "CAMERA", "FPS"] + ["{} p50/p95".format(s) for s in STAGE_COLUMNS] + [
-            "SEQ", "DETECTIONS"]
+        head = ["DEVICE", "STATE", "SPOOL q/drop", "CAMERA", "FPS"] + [
+            "{} p50/p95".format(s) for s in STAGE_COLUMNS] + ["SEQ", "DETECTIONS"]
         rows = []
         with self.lock:
             for name, dev in self.devices.items():
                 cams = dev["cameras"] or {"-": {"fps": None, "stages": {}, "seq": None, "labels": ""}}
+                sp = dev["spool"]
+                spool = "{}/{}".format(sp.get("queued", "?"), sp.get("dropped_boot", "?")) if sp else "-"
                 for cam_id, cam in cams.items():
                     stages = []
                     for s in STAGE_COLUMNS:
@@ -68,7 +70,7 @@ class Board(object):
                         stages.append("{:.1f}/{:.1f}".format(st["p50"], st["p95"]) if st else "-")
                     fps = "{:.1f}".format(cam["fps"]) if cam["fps"] is not None else "-"
                     seq = str(cam["seq"]) if cam["seq"] is not None else "-"
-                    rows.append([name, dev["state"], cam_id, fps] + stages + [seq, cam["labels"] or "-"])
+                    rows.append([name, dev["state"], spool, cam_id, fps] + stages + [seq, cam["labels"] or "-"])
         widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
         lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows]
         return "\n".join(lines) + "\n"
