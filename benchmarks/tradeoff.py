@@ -14,6 +14,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from agent import benchmark as bench  # noqa: E402
+from agent.benchmark_report import lookup  # noqa: E402
 from agent.config import data_path, load_config  # noqa: E402
 
 HEADLINE = [
@@ -47,7 +48,7 @@ def main(argv=None):
         for label, path, fmt in HEADLINE:
             cells = []
             for size in ("fast", "accurate"):
-                values = [bench._get(r["sizes"][size], *path) for r in reports]
+                values = [lookup(r["sizes"][size], *path) for r in reports]
                 values = [v for v in values if v is not None]
                 cells.append("{} {}..{}".format(size, fmt.format(min(values)), fmt.format(max(values)))
                              if values else "{} -".format(size))

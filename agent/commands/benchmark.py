@@ -58,13 +58,14 @@ class ProgressBar(object):
               help="Parallel camera counts for the throughput runs.")
 @click.option("--mqtt", "mqtt_url", default=None,
               help="Also measure end to end: capture -> detection received by an MQTT subscriber (mqtt://host:port).")
+@click.option("--e2e", is_flag=True, help="Like --mqtt, with the broker of the config's mqtt.url.")
 @click.option("--no-build", is_flag=True, help="Do not time an engine build when no manifest records one.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON report here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a PNG of mAP50-95 against latency (needs matplotlib).")
 @click.option("--no-save", is_flag=True, help="Do not store the report as <state_dir>/benchmark.json (used by size: auto).")
 @click.option("--inline", is_flag=True, help="Measure in this process (no peak-memory figure; for debugging).")
-def benchmark(config_path, sizes, dataset, no_accuracy, frames, warmup, streams, mqtt_url, no_build, json_path,
+def benchmark(config_path, sizes, dataset, no_accuracy, frames, warmup, streams, mqtt_url, e2e, no_build, json_path,
               plot_path, no_save, inline):
     """Measure accuracy (mAP), speed (latency, FPS, parallel streams) and cost of model sizes.
 
@@ -78,6 +79,14 @@ def benchmark(config_path, sizes, dataset, no_accuracy, frames, warmup, streams,
 
     config, _ = resolve(config_path, {}, check_sources=False)
     names = list(sizes) or sorted(config.sizes, key=lambda s: (s != "fast", s))
+    for name in names:
+        if name not in config.sizes:
+            raise ConfigError("--size: {!r} is not a configured size (known: {})".format(
+                name, ", ".join(sorted(config.sizes))))
+        if not os.path.isfile(config.sizes[name].onnx):
+            raise ConfigError("sizes.{}.onnx: file not found: {}".format(name, config.sizes[name].onnx))
+    if e2e and not mqtt_url:
+        mqtt_url = config.mqtt.url
     if mqtt_url and not mqtt_url.startswith(("mqtt://", "mqtts://")):
         raise ConfigError("--mqtt: expected mqtt://host[:port], got {!r}".format(mqtt_url))
     if no_accuracy:
