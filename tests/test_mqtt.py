@@ -356,18 +356,20 @@ def password_broker(tmp_path, user, password):
     return Broker(d, extra_conf=AS_ROOT + "allow_anonymous false\npassword_file {}\n".format(pw)).start()
 
 
-def test_password_auth_and_wrong_credentials(tmp_path, caplog):
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_password_auth_and_wrong_credentials(tmp_path, caplog, protocol):
     b = password_broker(tmp_path, "agent", "s3cret")
     try:
         pw_file = tmp_path / "pw"
         pw_file.write_text("s3cret\n")
-        sub_cfg = make_config(tmp_path / "good", b.url, username="agent", password_file=str(pw_file))
+        sub_cfg = make_config(tmp_path / "good", b.url, username="agent", password_file=str(pw_file),
+                              protocol=protocol)
         good = start_sink(sub_cfg)
         assert wait_state(good, "connected"), good.state()
         good.close()
 
         caplog.set_level(logging.INFO, logger="edge_agent.mqtt")
-        bad_cfg = make_config(tmp_path / "bad", b.url, username="agent")
+        bad_cfg = make_config(tmp_path / "bad", b.url, username="agent", protocol=protocol)
         os.environ["EDGE_AGENT_MQTT_PASSWORD"] = "wrong-password"
         try:
             bad = start_sink(bad_cfg)
