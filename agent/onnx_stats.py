@@ -11,11 +11,45 @@ log = logging.getLogger("edge_agent.benchmark")
 
 
 def _dims(value_info):
+    """The shape as ints, or None when shape inference left a dimension unknown."""
     shape = value_info.type.tensor_type.shape
     out = []
     for d in shape.dim:
-        out.append(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1)
+        if not (d.HasField("dim_value") and d.dim_value > 0):
+            return None
+        out.append(d.dim_value)
     return out
+
+
+def _run_for_shapes(model, names):
+    """{name: shape} of intermediate tensors by running the model once on zeros (onnxruntime).
+
+    Shape inference cannot follow shapes computed at run time (a Resize whose sizes come
+    from a Shape op, as torch exports upsampling); running the graph can.
+    """
+    try:
+        import numpy as np
+        import onnx
+        import onnxruntime as ort
+    except ImportError:
+        return {}
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = set(o.name for o in m.graph.output)
+    for name in names:
+        if name not in existing:
+            m.graph.output.add().name = name
+    try:
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        feeds = {}
+        for i in sess.get_inputs():
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+            feeds[i.name] = np.zeros(shape, np.float32)
+        outs = sess.run(list(names), feeds)
+    except Exception as e:  # an exotic graph: fall back to what inference gave
+        log.debug("model stats: cannot run the graph for shapes: %s", e)
+        return {}
+    return {n: list(v.shape) for n, v in zip(names, outs)}
 
 
 def _prod(values):
@@ -47,13 +81,24 @@ def model_stats(path):
         return {"params": int(params), "gflops": None, "metadata": metadata}
     shapes = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        shapes[vi.name] = _dims(vi)
+        dims = _dims(vi)
+        if dims is not None:
+            shapes[vi.name] = dims
     for init in graph.initializer:
         shapes[init.name] = list(init.dims)
+    unknown = []
+    for node in inferred.graph.node:
+        if node.op_type in _COUNTED:
+            unknown.extend(t for t in list(node.input[:1]) + list(node.output[:1]) if t and t not in shapes)
+    if unknown:
+        shapes.update(_run_for_shapes(model, sorted(set(unknown))))
     macs = 0
     for node in inferred.graph.node:
         macs += _node_macs(node, shapes)
     return {"params": int(params), "gflops": round(2.0 * macs / 1e9, 6), "metadata": metadata}
+
+
+_COUNTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def _attr(node, name, default):

@@ -189,3 +189,15 @@ def test_coco_map_of_ground_truth_is_one(evaluator, monkeypatch):
     # Shifted boxes lose accuracy: the evaluator really compares.
     shifted = [dict(r, bbox=[r["bbox"][0] + r["bbox"][2] * 0.4] + r["bbox"][1:]) for r in results]
     assert coco.evaluate(dataset, shifted, ids)[0] < 0.9
+
+
+def test_model_stats_follow_runtime_shapes(demo_models):
+    """The demo models upsample with run-time sizes (Shape -> Resize), which shape inference cannot follow;
+    the counts must still match the torch forward-hook figures of models/README.md (0.60 and 1.88 GFLOPs)."""
+    pytest.importorskip("onnx")
+    from agent.onnx_stats import model_stats
+
+    fast, accurate = model_stats(demo_models["fast"]), model_stats(demo_models["accurate"])
+    assert fast["gflops"] == pytest.approx(0.604, rel=0.01)
+    assert accurate["gflops"] == pytest.approx(1.880, rel=0.01)
+    assert 700000 < fast["params"] < accurate["params"] < 1500000
