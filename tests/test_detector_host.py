@@ -326,7 +326,9 @@ def test_real_ultralytics_model_matches_cpu_path(host, real_engine):
                                                                                max_detections=4)):
                 got = det.detect(img, cfg)
                 assert_same(got, cpu_path(engine, decoder, img, cfg, blob=det.download_input()))
-                matched += assert_close(got, cpu_path(engine, decoder, img, cfg), cfg)
+                # From the frame: the GPU letterbox differs from OpenCV's by < 1 intensity level,
+                # which moves a trained model's scores by up to ~1e-2 and its boxes by ~1-2 px.
+                matched += assert_close(got, cpu_path(engine, decoder, img, cfg), cfg, box_tol=2.0, score_tol=1e-2)
                 found += len(got[1])
         assert found > 0 and matched >= 0.9 * found
         assert engine.runs == 4
