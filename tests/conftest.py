@@ -33,12 +33,14 @@ class Broker(object):
     def url(self):
         return "mqtt://127.0.0.1:{}".format(self.port)
 
+    def conf_lines(self):
+        return [self.extra_conf or "allow_anonymous true\n", "persistence false\n"]
+
     def start(self):
         conf = os.path.join(self.workdir, "mosquitto.conf")
         with open(conf, "w") as f:
             f.write("listener {} 127.0.0.1\n".format(self.port))
-            f.write(self.extra_conf or "allow_anonymous true\n")
-            f.write("persistence false\n")
+            f.writelines(self.conf_lines())
         self.log = open(os.path.join(self.workdir, "mosquitto.log"), "ab")
         self.proc = subprocess.Popen([shutil.which("mosquitto"), "-c", conf], stdout=self.log, stderr=self.log)
         deadline = time.time() + 10
@@ -113,25 +115,9 @@ def run_cli(args, env=None, timeout=120, input=None):
 class PersistentBroker(Broker):
     """A mosquitto that keeps sessions and queued QoS 1 messages across stop()/start()."""
 
-    def start(self):
-        conf = os.path.join(self.workdir, "mosquitto.conf")
-        with open(conf, "w") as f:
-            f.write("listener {} 127.0.0.1\n".format(self.port))
-            f.write("allow_anonymous true\n")
-            f.write("persistence true\npersistence_location {}/\n".format(self.workdir))
-            f.write("max_queued_messages 0\nmax_inflight_messages 0\n")
-        self.log = open(os.path.join(self.workdir, "mosquitto.log"), "ab")
-        self.proc = subprocess.Popen([shutil.which("mosquitto"), "-c", conf], stdout=self.log, stderr=self.log)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("mosquitto exited: see {}".format(self.log.name))
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not listen on port {}".format(self.port))
+    def conf_lines(self):
+        return ["allow_anonymous true\n", "persistence true\npersistence_location {}/\n".format(self.workdir),
+                "max_queued_messages 0\nmax_inflight_messages 0\n"]
 
 
 @pytest.fixture
