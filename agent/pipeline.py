@@ -96,6 +96,7 @@ class Pipeline(object):
         self._ready = threading.Condition()
         self._out = queue.Queue(maxsize=8)
         self._seq = Sequencer()
+        self._size_reason = ""  # why size: auto picked the size it did
         self._swap = None  # a config whose size/model the inference thread must switch to
         self._processed = 0
         self._state = "created"
@@ -190,6 +191,7 @@ class Pipeline(object):
             "engine_id": model.engine_id if model else "",
             "fps": round(fps, 2),
             "cameras": cams,
+            "size_reason": self._size_reason,
         }
 
     def timing_summaries(self):
@@ -230,10 +232,12 @@ class Pipeline(object):
 
     def _pick_size(self, config):
         if config.size != "auto":
+            self._size_reason = ""
             return config.size
-        from .autosize import choose_size
+        from .autosize import choose_size_with_reason
 
-        return choose_size(config)
+        size, self._size_reason = choose_size_with_reason(config)
+        return size
 
     # --- threads ---------------------------------------------------------------------------
 

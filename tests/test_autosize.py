@@ -117,7 +117,9 @@ def test_pipeline_runs_the_chosen_size(measured, demo_models, tmp_path):
     pipeline.start()
     try:
         assert pipeline.wait(30)
-        assert pipeline.status()["size"] == "accurate"
+        status = pipeline.status()
+        assert status["size"] == "accurate"
+        assert status["size_reason"].startswith("size auto: picked accurate")
         assert pipeline.processed == 5
     finally:
         pipeline.stop()

@@ -521,8 +521,9 @@ class MqttSink(Sink):
                             "backend": c.backend, "model_size": c.size, "engine_id": None,
                             "cameras": [cam.id for cam in c.cameras], "mqtt": "connected"})
         for src, dst in (("backend", "backend"), ("size", "model_size"), ("model_size", "model_size"),
-                         ("engine_id", "engine_id"), ("state", "pipeline_state"), ("fps", "fps")):
-            if src in status:
+                         ("engine_id", "engine_id"), ("state", "pipeline_state"), ("fps", "fps"),
+                         ("size_reason", "size_reason")):
+            if status.get(src) not in (None, ""):
                 out[dst] = status[src]
         if status.get("cameras"):  # the service's first status comes before the cameras open
             out["cameras"] = sorted(status["cameras"])
