@@ -30,8 +30,8 @@ if [ "$what" = test ]; then
     echo "setup: installing systemd (for systemd-analyze)"
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null || true
   fi
-  $PY -c "import torch" 2>/dev/null || $PY -m pip install -q --disable-pip-version-check "torch==2.13.0" \
-    || $PY -m pip install -q --disable-pip-version-check torch --index-url https://download.pytorch.org/whl/cpu
+  $PY -m pip install -q --disable-pip-version-check --no-deps tensorrt-stubs
+  $PY -c "import torch" 2>/dev/null || $PY -m pip install -q --disable-pip-version-check "torch==2.13.0"
 fi
 
 if [ ! -s data/demo/demo.mp4 ]; then
