@@ -38,4 +38,10 @@ if [ ! -s data/demo/demo.mp4 ]; then
   echo "setup: generating the demo video (data/demo/demo.mp4)"
   $PY scripts/make_video.py --out data/demo/demo.mp4
 fi
+if [ ! -s data/demo/val/instances.json ]; then
+  # The val split the model card and `edge-agent benchmark` measure on, and the INT8
+  # calibration split (the train split is only needed to retrain: scripts/make_dataset.py).
+  echo "setup: generating the demo val and calib sets (data/demo)"
+  $PY scripts/make_dataset.py --out data/demo --train 0
+fi
 echo "setup: done"
