@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-scripts/setup.sh demo
+scripts/setup.sh demo >&2  # stdout carries only the detection records
 export PATH="$PATH:/usr/sbin"
 broker_pid=""
 if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then

@@ -6,6 +6,7 @@
 # On a Jetson use docs/service.md instead: JetPack's OpenCV and TensorRT must not be
 # shadowed by pip's opencv-python.
 set -euo pipefail
+export PIP_ROOT_USER_ACTION=ignore
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 what=${1:-demo}   # demo | test
