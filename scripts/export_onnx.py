@@ -11,8 +11,10 @@ import detector
 OPSET = 12  # TensorRT 7.1 (JetPack 4.x) parses up to opset 13
 
 
-def export(model, names, size_name, out, opset=OPSET):
+def export(model, names, size_name, out, opset=OPSET, extra_meta=None):
     """Write model as ONNX: input 'images' [1,3,S,S], output 'output0' [1, 4+nc, N].
+
+    ``extra_meta`` adds metadata_props (e.g. train_time_s, which `edge-agent benchmark` reports).
 
     Raises AssertionError if onnxruntime disagrees with torch on a random input.
     """
@@ -40,6 +42,7 @@ def export(model, names, size_name, out, opset=OPSET):
         "author": "edge-agent",
         "description": f"edge-agent demo shapes detector ({size_name}), see models/README.md",
     }
+    meta.update({k: str(v) for k, v in (extra_meta or {}).items()})
     del proto.metadata_props[:]
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
@@ -57,6 +60,13 @@ def export(model, names, size_name, out, opset=OPSET):
     return out
 
 
+def training_meta(ckpt, wall_s=None, cpu_s=None):
+    """Training cost to store with the model: wall and CPU seconds, epochs (all stages)."""
+    return {"train_time_s": wall_s if wall_s is not None else ckpt.get("train_wall_s"),
+            "train_cpu_s": cpu_s if cpu_s is not None else ckpt.get("train_cpu_s"),
+            "train_epochs": ckpt.get("epochs")}
+
+
 def load_checkpoint(path):
     """Rebuild a Detector from a train.py checkpoint; returns (model, checkpoint dict)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
@@ -71,10 +81,12 @@ def main(argv=None):
     ap.add_argument("checkpoint", help="checkpoint written by train.py (runs/demo-<size>.pt)")
     ap.add_argument("--out", help="ONNX path (default models/demo-<size>.onnx)")
     ap.add_argument("--opset", type=int, default=OPSET)
+    ap.add_argument("--train-time-s", type=float, help="training wall time to record (default: the checkpoint's)")
+    ap.add_argument("--train-cpu-s", type=float, help="training CPU time to record (default: the checkpoint's)")
     args = ap.parse_args(argv)
     model, ckpt = load_checkpoint(args.checkpoint)
     out = args.out or f"models/demo-{ckpt['size']}.onnx"
-    export(model, ckpt["names"], ckpt["size"], out, args.opset)
+    export(model, ckpt["names"], ckpt["size"], out, args.opset, training_meta(ckpt, args.train_time_s, args.train_cpu_s))
     print(f"event=export path={out} opset={args.opset} bytes={Path(out).stat().st_size}", flush=True)
 
 

@@ -14,7 +14,7 @@ import torch
 import detector
 import evaluate
 from detection_loss import detection_loss
-from export_onnx import export
+from export_onnx import export, training_meta
 
 
 def load_split(split, imgsz):
@@ -110,8 +110,11 @@ def train(args):
     t_start = time.time()
     images, boxes, classes, mask, names = load_split(data / "train", detector.SIZES[args.size]["imgsz"])
     model = detector.build(args.size, len(names))
+    prior = {"train_wall_s": 0.0, "train_cpu_s": 0.0, "epochs": 0}
     if args.init:  # continue from earlier weights (a new schedule, e.g. more epochs at a lower lr)
-        model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=False)["state_dict"])
+        init = torch.load(args.init, map_location="cpu", weights_only=False)
+        model.load_state_dict(init["state_dict"])
+        prior = {k: init.get(k, 0) for k in prior}  # so the checkpoint's cost covers every stage
     params = sum(p.numel() for p in model.parameters())
     log(event="start", size=args.size, imgsz=model.imgsz, train_shape=list(images.shape[2:]),
         images=len(images), params=params, gflops=round(detector.count_gflops(model, model.imgsz), 3),
@@ -161,8 +164,9 @@ def train(args):
                 elapsed_s=round(time.time() - t0, 1))
             best = (m50, m5095)
         # Saved every epoch so an interrupted run still leaves a usable model.
-        ckpt = dict(size=args.size, names=names, state_dict=ema.model.state_dict(), epochs=epoch,
-                    train_wall_s=round(time.time() - t0, 1), train_cpu_s=round(time.process_time() - c0, 1),
+        ckpt = dict(size=args.size, names=names, state_dict=ema.model.state_dict(), epochs=prior["epochs"] + epoch,
+                    train_wall_s=round(prior["train_wall_s"] + time.time() - t0, 1),
+                    train_cpu_s=round(prior["train_cpu_s"] + time.process_time() - c0, 1),
                     params=params, seed=args.seed, threads=args.threads, mAP50=best[0], mAP50_95=best[1])
         Path(args.runs).mkdir(parents=True, exist_ok=True)
         torch.save(ckpt, Path(args.runs) / f"demo-{args.size}.pt")
@@ -170,7 +174,7 @@ def train(args):
         train_cpu_s=ckpt["train_cpu_s"], total_wall_s=round(time.time() - t_start, 1),
         threads=args.threads, mAP50=best[0], mAP50_95=best[1])
     if args.export:
-        out = export(ema.model, names, args.size, args.export)
+        out = export(ema.model, names, args.size, args.export, extra_meta=training_meta(ckpt))
         log(event="export", size=args.size, path=out)
     return ckpt
 

@@ -63,6 +63,7 @@ def test_train_and_export_tiny(tmp_path):
     names = ast.literal_eval(meta["names"])
     size = ast.literal_eval(meta["imgsz"])
     assert names[0] == "circle" and size == [320, 320] and meta["task"] == "detect"
+    assert float(meta["train_time_s"]) > 0 and float(meta["train_cpu_s"]) > 0  # what benchmark reports
 
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["images"]
