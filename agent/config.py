@@ -90,7 +90,7 @@ class DetectionConfig:
 
 @dataclass(frozen=True)
 class OnnxRuntimeConfig:
-    threads: int = _opt(0, NON_NEGATIVE)  # 0: one per core, at most 4
+    threads: int = _opt(0, NON_NEGATIVE)  # 0: one per core but one (capture needs it), at most 4
     allow_spinning: bool = False  # spinning makes 2 threads slower than 1 on a loaded 2-core box
 
 

@@ -12,8 +12,13 @@ log = logging.getLogger("edge_agent.backends")
 
 
 def default_threads():
-    """One intra-op thread per core, at most 4 (more only adds contention on small models)."""
-    return max(1, min(4, os.cpu_count() or 1))
+    """One intra-op thread per core but one, at most 4.
+
+    The spare core runs capture, decoding, preprocessing and publishing, which then
+    overlap with inference instead of preempting one of its threads (an intra-op
+    thread that is descheduled stalls the whole operator).
+    """
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
 def _dtype(type_name):
