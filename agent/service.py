@@ -198,6 +198,7 @@ def run_agent(config, sinks, config_path=None, overrides=None, pipeline_factory=
         if pipeline is not None:
             try:
                 pipeline.stop(STOP_TIMEOUT_S)
+                _log_summaries(pipeline)
             except Exception:
                 log.exception("pipeline.stop() failed")
             try:
@@ -208,6 +209,18 @@ def run_agent(config, sinks, config_path=None, overrides=None, pipeline_factory=
                 log.exception("final status failed")
         _each_sink(sinks, "close", STOP_TIMEOUT_S)
         _restore_signals(old_handlers)
+
+
+def _log_summaries(pipeline):
+    """One line per camera at exit: frames, FPS and p50 stage latencies."""
+    for camera_id, summary in sorted(pipeline.timing_summaries().items()):
+        if not summary.get("frames"):
+            continue
+        stages = summary.get("stages", {})
+        log.info("%s: %d frames, %.1f FPS, %d dropped; p50 ms: %s", camera_id, summary["frames"], summary["fps"],
+                 summary.get("dropped", 0), " ".join("{} {:.1f}".format(name, stages[name]["p50"])
+                                                     for name in ("preprocess", "infer", "postprocess", "total")
+                                                     if name in stages))
 
 
 def _loop(pipeline, sinks, config, config_path, overrides, flags):

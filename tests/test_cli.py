@@ -38,6 +38,7 @@ def test_run_with_defaults_processes_the_demo_video():
     assert [r["seq"] for r in recs] == [1, 2, 3, 4, 5]
     assert all(r["model_size"] == "fast" for r in recs)
     assert sum(len(r["detections"]) for r in recs) > 0  # the demo video shows objects the model knows
+    assert "cam0: 5 frames" in proc.stderr  # the exit summary
 
 
 def test_run_any_source_and_size(small_video):
