@@ -60,11 +60,11 @@ def export(model, names, size_name, out, opset=OPSET, extra_meta=None):
     return out
 
 
-def training_meta(ckpt, wall_s=None, cpu_s=None):
+def training_meta(ckpt, wall_s=None, cpu_s=None, epochs=None):
     """Training cost to store with the model: wall and CPU seconds, epochs (all stages)."""
     return {"train_time_s": wall_s if wall_s is not None else ckpt.get("train_wall_s"),
             "train_cpu_s": cpu_s if cpu_s is not None else ckpt.get("train_cpu_s"),
-            "train_epochs": ckpt.get("epochs")}
+            "train_epochs": epochs if epochs is not None else ckpt.get("epochs")}
 
 
 def load_checkpoint(path):
@@ -83,10 +83,12 @@ def main(argv=None):
     ap.add_argument("--opset", type=int, default=OPSET)
     ap.add_argument("--train-time-s", type=float, help="training wall time to record (default: the checkpoint's)")
     ap.add_argument("--train-cpu-s", type=float, help="training CPU time to record (default: the checkpoint's)")
+    ap.add_argument("--train-epochs", type=int, help="epochs to record, all stages (default: the checkpoint's)")
     args = ap.parse_args(argv)
     model, ckpt = load_checkpoint(args.checkpoint)
     out = args.out or f"models/demo-{ckpt['size']}.onnx"
-    export(model, ckpt["names"], ckpt["size"], out, args.opset, training_meta(ckpt, args.train_time_s, args.train_cpu_s))
+    export(model, ckpt["names"], ckpt["size"], out, args.opset, training_meta(ckpt, args.train_time_s, args.train_cpu_s,
+                                                                               args.train_epochs))
     print(f"event=export path={out} opset={args.opset} bytes={Path(out).stat().st_size}", flush=True)
 
 
