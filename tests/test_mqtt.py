@@ -161,6 +161,7 @@ def test_topics_payloads_match_schemas(broker, tmp_path, protocol):
 def test_publish_modes(broker, tmp_path, mode, expected):
     sub = Subscriber(broker.url, ["edge-agent/+/+/detections"])
     sink = start_sink(make_config(tmp_path, broker.url, publish=mode))
+    assert wait_state(sink, "connected")  # else close() may leave them in the spool, by design
     labels = {1: [], 2: ["car"], 3: ["car"], 4: [], 5: ["dog"], 6: []}
     for seq in range(1, 7):
         sink.emit(record(seq, labels=labels[seq]))
