@@ -5,8 +5,9 @@ Threads and queues (capture, inference and output overlap):
   buffer from the camera's small pool, then queues it (live sources: a full queue
   drops its oldest frame, so inference always gets the freshest; files: wait);
 - one inference thread owns the backend (and so the CUDA context): it creates,
-  uses, swaps and closes it, and runs decode + NMS;
-- one output thread builds records and hands them to the sinks.
+  uses, swaps and closes it (a fused GPU backend also decodes and runs NMS there);
+- one output thread decodes and runs NMS on the CPU path (overlapping the next
+  inference), builds records and hands them to the sinks.
 """
 
 import logging
@@ -352,17 +353,15 @@ class Pipeline(object):
                 if model.fused:
                     boxes, scores, class_ids, gpu_times = model.backend.detect(frame.image, self.config.detection)
                     times.update(gpu_times)
+                    result = (boxes, scores, class_ids)
                 else:
                     t1 = now()
                     outputs = model.backend.infer(blob)
                     t2 = now()
                     pool.put(lb)
-                    boxes, scores, class_ids = postprocess(model.decoder, outputs, self.config.detection)
-                    boxes = to_frame(boxes, mapping)
-                    times.update(preprocess=(t_pre1 - t_pre0) * 1000.0, infer=(t2 - t1) * 1000.0,
-                                 postprocess=(now() - t2) * 1000.0)
-                t3 = now()
-                self._out.put((camera, frame, model, boxes, scores, class_ids, times, t3))
+                    times.update(preprocess=(t_pre1 - t_pre0) * 1000.0, infer=(t2 - t1) * 1000.0)
+                    result = (outputs, mapping)  # decoded on the output thread, overlapping the next infer
+                self._out.put((camera, frame, model, result, times, now()))
         except Exception:
             log.exception("inference thread failed")
             self._state = "failed"
@@ -391,7 +390,17 @@ class Pipeline(object):
                 got = self._out.get()
                 if got is _END:
                     break
-                camera, frame, model, boxes, scores, class_ids, times, t_post = got
+                camera, frame, model, result, times, t_infer = got
+                if len(result) == 2:
+                    outputs, mapping = result
+                    t_infer = now()  # the wait in the queue is not postprocessing
+                    boxes, scores, class_ids = postprocess(model.decoder, outputs, self.config.detection)
+                    boxes = to_frame(boxes, mapping)
+                    t_post = now()
+                    times["postprocess"] = (t_post - t_infer) * 1000.0
+                else:
+                    boxes, scores, class_ids = result
+                    t_post = t_infer
                 t = now()
                 times["publish"] = (t - t_post) * 1000.0
                 times["total"] = (t - frame.monotonic) * 1000.0
