@@ -7,7 +7,8 @@ PY=${PYTHON:-python3}
 scripts/setup.sh test
 export PATH="$PATH:/usr/sbin"
 echo "check: runtime code parses on Python 3.6 (vermin)"
-$PY -m vermin -q -t=3.6- --violations --backport dataclasses --no-tips agent
+$PY -c "import sys, vermin; sys.argv[0] = 'vermin'; sys.exit(vermin.main())" \
+  -q -t=3.6- --violations --backport dataclasses --no-tips agent
 py36=$(command -v python3.6 || ls "$HOME"/.pyenv/versions/3.6*/bin/python3.6 2>/dev/null | head -n 1 || true)
 if [ -n "$py36" ]; then
   echo "check: runtime code compiles with a real Python 3.6 ($py36)"
