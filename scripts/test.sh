@@ -9,7 +9,10 @@ export PATH="$PATH:/usr/sbin"
 echo "check: runtime code parses on Python 3.6 (vermin)"
 $PY -c "import sys, vermin; sys.argv[0] = 'vermin'; sys.exit(vermin.main())" \
   -q -t=3.6- --violations --backport dataclasses --no-tips agent
-py36=$(command -v python3.6 || ls "$HOME"/.pyenv/versions/3.6*/bin/python3.6 2>/dev/null | head -n 1 || true)
+py36=""
+for candidate in "$HOME"/.pyenv/versions/3.6*/bin/python3.6 $(command -v python3.6 || true); do
+  if [ -x "$candidate" ] && "$candidate" -c "" 2>/dev/null; then py36=$candidate; break; fi
+done
 if [ -n "$py36" ]; then
   echo "check: runtime code compiles with a real Python 3.6 ($py36)"
   "$py36" -m compileall -q agent >/dev/null
