@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 from .errors import AgentError
+from .timing import percentiles
 
 log = logging.getLogger("edge_agent.benchmark")
 
@@ -55,16 +56,6 @@ class Interrupted(AgentError):
     """The benchmark was interrupted (SIGINT); what was measured is kept."""
 
     exit_code = 130
-
-
-def percentiles(values):
-    """{'p50','p95','p99','mean'} of a list of ms values (None when empty)."""
-    if not len(values):
-        return None
-    arr = np.asarray(values, dtype=np.float64)
-    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
-    return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3),
-            "mean": round(float(arr.mean()), 3)}
 
 
 def environment(config):

@@ -15,6 +15,16 @@ def now():
     return time.monotonic()
 
 
+def percentiles(values):
+    """{'p50','p95','p99','mean'} in ms of a sequence of ms values; None when empty."""
+    if not len(values):
+        return None
+    arr = np.asarray(values, dtype=np.float64)
+    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
+    return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3),
+            "mean": round(float(arr.mean()), 3)}
+
+
 class RollingStats(object):
     """Per-stage p50/p95/p99 over the last ``window`` frames, and FPS; thread-safe."""
 
@@ -43,17 +53,7 @@ class RollingStats(object):
     def summary(self):
         """{'fps': f, 'frames': n, 'stages': {stage: {'p50','p95','p99','mean'}}} in ms."""
         with self._lock:
-            snap = {s: np.asarray(v, dtype=np.float64) for s, v in self._stages.items()}
+            snap = {s: list(v) for s, v in self._stages.items()}
             frames = self.frames
-        stages = {}
-        for stage, values in snap.items():
-            if values.size == 0:
-                continue
-            p50, p95, p99 = np.percentile(values, [50, 95, 99])
-            stages[stage] = {
-                "p50": round(float(p50), 3),
-                "p95": round(float(p95), 3),
-                "p99": round(float(p99), 3),
-                "mean": round(float(values.mean()), 3),
-            }
+        stages = {stage: percentiles(values) for stage, values in snap.items() if values}
         return {"fps": round(self.fps(), 2), "frames": frames, "stages": stages}
