@@ -104,7 +104,7 @@ class Pipeline(object):
         self._threads = []
         self._done = threading.Event()
         self._go = threading.Event()
-        self._lock = threading.Lock()
+        self._rr = 0  # the camera the inference thread looks at first next time
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -311,7 +311,7 @@ class Pipeline(object):
 
     def _next_item(self):
         """Round-robin over cameras; returns (camera, item) or None when all have ended."""
-        start = getattr(self, "_rr", 0)
+        start = self._rr
         while True:
             cams = list(self.cameras)
             live = [c for c in cams if not c.ended.is_set()]
@@ -412,8 +412,7 @@ class Pipeline(object):
                         sink.emit(record, frame.image)
                     except Exception:
                         log.exception("sink %s failed", type(sink).__name__)
-                with self._lock:
-                    self._processed += 1
+                self._processed += 1  # only this thread writes it
         finally:
             if self._state == "running":
                 self._state = "finished"
