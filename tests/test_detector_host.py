@@ -234,7 +234,7 @@ def test_color_model_matches_cpu_path(host, color_engine):
     """Every config: exact on the same engine input, within preprocess tolerance from the frame."""
     engine = color_engine
     decoder = make_decoder(engine.outputs())
-    det = make_detector(host, engine, max_frame=(640, 640), gather_limit=4)
+    det = make_detector(host, engine, max_frame=(640, 640))
     try:
         rng = np.random.default_rng(11)
         checked = matched = 0
@@ -263,16 +263,16 @@ def test_color_model_matches_cpu_path(host, color_engine):
         det.close()
 
 
-def test_top_k_and_gather_paths(host, color_engine):
-    """top_k below the candidate count, and both the per-detection and the bulk copy back."""
+def test_top_k_and_max_detections_on_the_device(host, color_engine):
+    """top_k below the candidate count and max_detections below the kept count, applied by the NMS kernels."""
     engine = color_engine
     decoder = make_decoder(engine.outputs())
     img = frame(np.random.default_rng(5), 320, 240)
     cfgs = [DetectionConfig(conf_threshold=0.1, iou_threshold=0.5, top_k=k, max_detections=m)
-            for k, m in ((3, 100), (40, 100), (1000, 100), (1000, 2))]
+            for k, m in ((3, 100), (40, 100), (1000, 100), (1000, 2), (0, 1000))]
     results = []
-    for limit in (0, 1000):
-        det = make_detector(host, engine, max_frame=(320, 240), gather_limit=limit, sync_timing=False)
+    for sync_timing in (True, False):
+        det = make_detector(host, engine, max_frame=(320, 240), sync_timing=sync_timing)
         try:
             for cfg in cfgs:
                 got = det.detect(img, cfg)
@@ -282,7 +282,8 @@ def test_top_k_and_gather_paths(host, color_engine):
             det.close()
     assert len(results[0][1]) <= 3 < len(results[2][1])  # top_k=3 cut candidates before NMS
     assert len(results[3][1]) == 2
-    for a, b in zip(results[:4], results[4:]):
+    assert_same(results[3], tuple(a[:2] for a in results[2][:3]))  # the best two of the same list
+    for a, b in zip(results[:5], results[5:]):
         assert_same(a, b[:3])
 
 

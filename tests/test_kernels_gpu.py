@@ -144,6 +144,14 @@ def test_decode_and_nms_on_device(env):
         np.testing.assert_array_equal(scores, rs[keep])
         np.testing.assert_array_equal(classes, rc[keep])
         np.testing.assert_array_equal(boxes, rb[keep])
+        # top_k after the device sort, max_out stopping the sweep, class-agnostic
+        boxes, scores, classes = dec.detect(nms, rt.ptr(dec.pred), 0.25, 0.45, class_agnostic=True, top_k=300,
+                                            max_out=20)
+        keep = nms_ref(rb[:300], rs[:300], 0.45, max_detections=20)
+        assert len(keep) == 20
+        np.testing.assert_array_equal(scores, rs[keep])
+        np.testing.assert_array_equal(classes, rc[keep])
+        np.testing.assert_array_equal(boxes, rb[keep])
     finally:
         nms.close()
         dec.close()

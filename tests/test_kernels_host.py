@@ -317,6 +317,7 @@ def test_launch_constants_match_sources():
 
     assert define("nms.cu", "EA_NMS_TPB") == K.NMS_TPB == 64
     assert define("nms.cu", "EA_NMS_SORT_TPB") == K.NMS_SORT_TPB
+    assert define("nms.cu", "EA_NMS_KEEP_TPB") == K.NMS_KEEP_TPB
     assert define("nms.cu", "EA_NMS_MAX_COL_BLOCKS") * K.NMS_TPB == K.NMS_MAX_BOXES
     assert define("decode.cu", "EA_DECODE_TPB") == K.DECODE_TPB
     assert define("preprocess.cu", "EA_PRE_TPB") == K.PRE_TPB
@@ -430,6 +431,42 @@ def test_gpu_wrappers_nms_on_host(host_rt):
         nms.close()
 
 
+@pytest.mark.parametrize("n, n_classes", [(700, 1), (700, 5), (1500, 3)])
+def test_gpu_wrappers_nms_top_k_max_out_and_gather_on_host(host_rt, n, n_classes):
+    """top_k (NMS over the best boxes after the device sort), max_out (the sweep stops) and the
+    kept detections gathered by the keep kernel, against the numpy reference."""
+    rt, mods, gpu = host_rt
+    nms = gpu.GpuNms(rt, mods["nms"], max_boxes=n)
+    try:
+        rng = np.random.default_rng(n + n_classes)
+        boxes, scores, classes = random_case(rng, n, n_classes)
+        classes = np.zeros(n, np.int32) if classes is None else classes
+        scores[rng.integers(0, n, n // 4)] = 0.5  # ties, broken by the tie key below
+        tiekey = rng.permutation(n).astype(np.int32)
+        order = np.lexsort((tiekey, -scores))  # rank order: score desc, then tie key
+        p = rt.ptr
+        rt.htod(p(nms.boxes), boxes)
+        rt.htod(p(nms.scores), scores)
+        rt.htod(p(nms.classes), classes.astype(np.int32))
+        tk = rt.alloc(4 * n)
+        rt.htod(p(tk), tiekey)
+        for top_k, max_out, agnostic in ((0, None, False), (n // 3, None, False), (0, 17, False), (100, 5, True),
+                                         (n, n, True), (1, None, False), (0, 0, False)):
+            ranked = order[:top_k or None]
+            ref = ranked[nms_ref(boxes[ranked], np.arange(len(ranked), 0, -1).astype(np.float32), 0.5,
+                                 class_ids=None if agnostic else classes[ranked], max_detections=max_out)]
+            keep = nms.run_device(p(nms.boxes), p(nms.scores), n, 0.5, classes_ptr=None if agnostic else p(nms.classes),
+                                  tiekey_ptr=p(tk), top_k=top_k, max_out=max_out)
+            assert keep.tolist() == ref.tolist(), (top_k, max_out, agnostic)
+            b, s, c = nms.detections(p(nms.boxes), p(nms.scores), p(nms.classes), n, 0.5, class_agnostic=agnostic,
+                                     tiekey_ptr=p(tk), top_k=top_k, max_out=max_out)
+            np.testing.assert_array_equal(b, boxes[ref])
+            np.testing.assert_array_equal(s, scores[ref])
+            assert c.dtype == np.int32 and c.tolist() == classes[ref].tolist()
+    finally:
+        nms.close()
+
+
 def test_gpu_wrappers_decode_and_detect_on_host(host_rt):
     rt, mods, gpu = host_rt
     nc, n = 3, 700
@@ -447,6 +484,11 @@ def test_gpu_wrappers_decode_and_detect_on_host(host_rt):
         keep = nms_ref(rb, rs, 0.45, class_ids=rc)
         np.testing.assert_array_equal(ds, rs[keep])
         np.testing.assert_array_equal(dc, rc[keep])
+        np.testing.assert_array_equal(db, rb[keep])
+        db, ds, dc = dec.detect(nms, rt.ptr(dec.pred), 0.2, 0.45, class_agnostic=True, top_k=50, max_out=7)
+        keep = nms_ref(rb[:50], rs[:50], 0.45, max_detections=7)
+        assert len(keep) == 7
+        np.testing.assert_array_equal(ds, rs[keep])
         np.testing.assert_array_equal(db, rb[keep])
     finally:
         nms.close()

@@ -25,8 +25,9 @@ SOURCES = ("nms.cu", "decode.cu", "preprocess.cu")
 SHIM = "cuda_host_shim.h"
 
 # Launch geometry; must match the #defines in the .cu files (tests check it).
-NMS_TPB = 64  # EA_NMS_TPB: boxes per tile, threads per mask block and keep block
+NMS_TPB = 64  # EA_NMS_TPB: boxes per tile, threads per mask block
 NMS_SORT_TPB = 64  # EA_NMS_SORT_TPB
+NMS_KEEP_TPB = 256  # EA_NMS_KEEP_TPB: threads of the single keep block
 NMS_MAX_BOXES = 64 * 256  # EA_NMS_TPB * EA_NMS_MAX_COL_BLOCKS
 DECODE_TPB = 256  # EA_DECODE_TPB
 DECODE_MAX_GRID = 1024

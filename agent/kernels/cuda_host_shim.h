@@ -11,7 +11,7 @@
 //   * __syncthreads() is a barrier of the block (BlockBarrier below); a thread
 //     that returns from the kernel leaves it (arrive_and_drop), like exited
 //     threads on Volta and newer, so early returns do not deadlock the block;
-//   * threadIdx/blockIdx/blockDim/gridDim are thread_local; atomicAdd/atomicMax
+//   * threadIdx/blockIdx/blockDim/gridDim are thread_local; atomicAdd/atomicMax/atomicOr
 //     use std::atomic_ref; min/max/__ldg are the device overloads' host twins.
 // Entry: EA_LAUNCH(kernel, grid, block, args...), used by the extern "C"
 // *_host functions at the end of each .cu file (excluded under nvcc/NVRTC).
@@ -170,6 +170,9 @@ inline T __ldg(const T* p) { return *p; }
 inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
 inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
     return std::atomic_ref<unsigned int>(*p).fetch_add(v);
+}
+inline unsigned long long atomicOr(unsigned long long* p, unsigned long long v) {
+    return std::atomic_ref<unsigned long long>(*p).fetch_or(v);
 }
 inline int atomicMax(int* p, int v) {
     std::atomic_ref<int> a(*p);

@@ -4,10 +4,10 @@
 buffer, letterboxes it straight into the engine's input buffer (GpuPreprocess),
 runs the engine (``execute()``, a callable the backend supplies), decodes the
 YOLOv8 ``[1, 4+nc, N]`` output and runs NMS on the device (GpuDecode, GpuNms).
-What crosses back to the host: the candidate count, the NMS keep list and the
-kept detections (box, score, class); when more than ``top_k`` candidates pass the
-threshold, also their scores and anchor ids (8 bytes each) to apply ``top_k``.
-The raw output (2.8 MB for an 80-class 640x640 model) and the input never do.
+What crosses back to the host: the candidate count, then the kept count and the
+kept detections (box, score, class: 24 bytes each), gathered by the NMS kernel;
+two round trips per frame. The raw output (2.8 MB for an 80-class 640x640 model)
+and the input never do.
 
 Semantics equal the CPU path (``agent.preprocess.Letterbox`` + ``agent.postprocess.
 nms.postprocess`` + ``to_frame``), within the preprocess tolerance (float bilinear
@@ -17,10 +17,10 @@ vs OpenCV's 8-bit rounding, see preprocess.cu) and float32 IoU (nms.cu):
   anchor whose overall best class is filtered out can still pass with a listed one.
   Filtering after decode would differ; instead the listed class rows are copied
   (device to device) into a smaller ``[1, 4+k, N]`` buffer that a second decoder reads;
-* ``top_k``: greedy NMS decides a box from higher-ranked boxes only, so NMS over the
-  top_k candidates equals NMS over all of them restricted to ranks < top_k, which is
-  what is applied (ranks by score, ties by anchor, like the numpy decoder);
-* ``max_detections`` truncates the best-first keep list.
+* ``top_k``: the NMS kernels sort all candidates (by score, ties by anchor, like the
+  numpy decoder) and run NMS over the top_k best only, which is exact because greedy
+  NMS decides a box from higher-ranked boxes only;
+* ``max_detections`` stops the keep sweep (the keep list is best first).
 
 Timing: each stage is host wall time; with ``sync_timing=True`` (default) the
 stream is synchronized after preprocess and after the engine so each figure is the
@@ -63,7 +63,7 @@ class GpuDetector(object):
     """Preprocess, engine, decode and NMS on the device for one YOLOv8-layout engine; see the module doc."""
 
     def __init__(self, runtime, modules, input_w, input_h, num_classes, num_anchors, execute, input_ptr,
-                 output_ptr, max_frame=(1920, 1080), sync_timing=True, gather_limit=32):
+                 output_ptr, max_frame=(1920, 1080), sync_timing=True):
         self.rt = runtime
         self.modules = modules
         self.input_w, self.input_h = int(input_w), int(input_h)
@@ -71,9 +71,6 @@ class GpuDetector(object):
         self.execute = execute
         self.input_ptr, self.output_ptr = int(input_ptr), int(output_ptr)
         self.sync_timing = bool(sync_timing)
-        # Up to this many kept detections are copied one by one (3 small copies each);
-        # beyond it one bulk copy of the candidates is cheaper than many API calls.
-        self.gather_limit = int(gather_limit)
         self._pre = self._frame_host = self._dec = self._nms = self._sub = None
         self._sub_key = None
         self._host = []
@@ -83,8 +80,9 @@ class GpuDetector(object):
             self._dec = GpuDecode(runtime, modules["decode"], self.num_classes, self.num_anchors)
             self._nms = GpuNms(runtime, modules["nms"], min(self.num_anchors, NMS_MAX_BOXES))
             n = self.num_anchors
-            self._host = [runtime.host((n, 4), np.float32), runtime.host((n,), np.float32),
-                          runtime.host((n,), np.int32), runtime.host((n,), np.int32)]
+            if n > self._nms.max_boxes:  # pinned buffers for the CPU NMS fallback (_host_nms)
+                self._host = [runtime.host((n, 4), np.float32), runtime.host((n,), np.float32),
+                              runtime.host((n,), np.int32), runtime.host((n,), np.int32)]
         except BaseException:
             self.close()
             raise
@@ -143,21 +141,6 @@ class GpuDetector(object):
         self.rt.sync()
         return [self._host[i][:n] for i in arrays]
 
-    def _gather(self, dec, n, keep):
-        """(boxes, scores, class ids) of the kept candidate slots, copying only those when few."""
-        k = len(keep)
-        if k > self.gather_limit:
-            boxes, scores, classes = self._download(dec, n, (0, 1, 2))
-            return boxes[keep].copy(), scores[keep].copy(), classes[keep].copy()
-        hb, hs, hc = self._host[0], self._host[1], self._host[2]
-        pb, ps, pc = self.rt.ptr(dec.boxes), self.rt.ptr(dec.scores), self.rt.ptr(dec.classes)
-        for j, slot in enumerate(keep.tolist()):
-            self.rt.dtoh(hb[j], pb + 16 * slot)
-            self.rt.dtoh(hs[j:j + 1], ps + 4 * slot)
-            self.rt.dtoh(hc[j:j + 1], pc + 4 * slot)
-        self.rt.sync()
-        return hb[:k].copy(), hs[:k].copy(), hc[:k].copy()
-
     def _postprocess(self, detection):
         """Decode + NMS on the device; (boxes in input pixels, scores, class ids) of the kept detections."""
         dec, pred_ptr, class_map = self._decoder_for(list(detection.classes or []))
@@ -171,15 +154,9 @@ class GpuDetector(object):
             boxes, scores, classes = self._host_nms(dec, n, detection)
         else:
             p = self.rt.ptr
-            keep = self._nms.run_device(p(dec.boxes), p(dec.scores), n, detection.iou_threshold,
-                                        classes_ptr=None if detection.class_agnostic else p(dec.classes),
-                                        tiekey_ptr=p(dec.anchors))
-            if top_k and n > top_k:
-                scores, anchors = self._download(dec, n, (1, 3))
-                rank = np.empty(n, np.int64)
-                rank[np.lexsort((anchors, -scores))] = np.arange(n)
-                keep = keep[rank[keep] < top_k]
-            boxes, scores, classes = self._gather(dec, n, keep[:max_det])
+            boxes, scores, classes = self._nms.detections(
+                p(dec.boxes), p(dec.scores), p(dec.classes), n, detection.iou_threshold,
+                class_agnostic=detection.class_agnostic, tiekey_ptr=p(dec.anchors), top_k=top_k, max_out=max_det)
         if class_map is not None:
             classes = class_map[classes]
         return boxes, scores, classes.astype(np.int32)

@@ -21,7 +21,7 @@ Typical use in the engine thread::
 import numpy as np
 
 from agent.errors import BackendUnavailable
-from agent.kernels import (DECODE_MAX_GRID, DECODE_TPB, NMS_MAX_BOXES, NMS_SORT_TPB, NMS_TPB, PRE_MAX_GRID,
+from agent.kernels import (DECODE_MAX_GRID, DECODE_TPB, NMS_KEEP_TPB, NMS_MAX_BOXES, NMS_SORT_TPB, NMS_TPB, PRE_MAX_GRID,
                            PRE_TPB, SOURCES, cdiv, letterbox_params, source_path)
 
 _i32 = np.int32
@@ -172,43 +172,62 @@ class GpuNms(object):
         self.boxes, self.scores, self.classes = b.alloc(16 * m), b.alloc(4 * m), b.alloc(4 * m)
         self.sorted_boxes, self.sorted_cls, self.sorted_idx = b.alloc(16 * m), b.alloc(4 * m), b.alloc(4 * m)
         self.mask = b.alloc(8 * m * cb)
-        self.keep, self.out = b.alloc(4 * m), b.alloc(4)
+        self.keep, self.det, self.out = b.alloc(4 * m), b.alloc(24 * m), b.alloc(4)
         self._keep_host = runtime.host((m,), np.int32)
+        self._det_host = runtime.host((m, 6), np.float32)
         self._out_host = runtime.host((1,), np.int32)
 
-    def run_device(self, boxes_ptr, scores_ptr, n, iou_threshold, classes_ptr=None, tiekey_ptr=None):
-        """NMS over n boxes already on the device; returns kept indices (int64), best first.
-
-        ``tiekey_ptr`` (int32 per box) breaks score ties instead of the box position,
-        e.g. the anchor index from GpuDecode. Raises ValueError if n > max_boxes.
-        """
+    def _run(self, boxes_ptr, scores_ptr, n, iou_threshold, classes_ptr, tiekey_ptr, top_k, max_out, gather_ptr,
+             result, host):
+        """Enqueue sort, mask and keep; copy back the count and ``result`` rows; returns the kept rows of ``host``."""
         n = int(n)
         if n > self.max_boxes:
             raise ValueError("nms: {} boxes, capacity {}".format(n, self.max_boxes))
-        if n <= 0:
-            return np.empty(0, np.int64)
+        m = min(n, int(top_k)) if top_k else n  # NMS over the top_k best boxes is exact (see nms.cu)
+        limit = min(m, int(max_out)) if max_out is not None else m
+        if m <= 0 or limit <= 0:
+            return host[:0]
         p = self.rt.ptr
-        cb = cdiv(n, NMS_TPB)
+        cb = cdiv(m, NMS_TPB)
         self.rt.launch(self._sort, (cdiv(n, NMS_SORT_TPB), 1, 1), (NMS_SORT_TPB, 1, 1), (
             _ptr(boxes_ptr), _ptr(scores_ptr), _ptr(classes_ptr or 0), _i32(classes_ptr is not None),
             _ptr(tiekey_ptr or 0), _i32(tiekey_ptr is not None), _i32(n),
             _ptr(p(self.sorted_boxes)), _ptr(p(self.sorted_cls)), _ptr(p(self.sorted_idx))))
         self.rt.launch(self._mask, (cb, cb, 1), (NMS_TPB, 1, 1), (
-            _i32(n), _f32(iou_threshold), _ptr(p(self.sorted_boxes)), _ptr(p(self.sorted_cls)), _ptr(p(self.mask))))
-        self.rt.launch(self._keep, (1, 1, 1), (NMS_TPB, 1, 1), (
-            _i32(n), _ptr(p(self.mask)), _ptr(p(self.sorted_idx)), _ptr(p(self.keep)), _ptr(p(self.out))))
+            _i32(m), _f32(iou_threshold), _ptr(p(self.sorted_boxes)), _ptr(p(self.sorted_cls)), _ptr(p(self.mask))))
+        self.rt.launch(self._keep, (1, 1, 1), (NMS_KEEP_TPB, 1, 1), (
+            _i32(m), _ptr(p(self.mask)), _ptr(p(self.sorted_idx)), _i32(limit), _ptr(boxes_ptr), _ptr(scores_ptr),
+            _ptr(gather_ptr or 0), _i32(gather_ptr is not None), _ptr(p(self.keep)), _ptr(p(self.det)),
+            _ptr(p(self.out))))
+        # One round trip: the count and `limit` rows (the count is at most `limit`).
         self.rt.dtoh(self._out_host, p(self.out))
+        self.rt.dtoh(host[:limit], p(result))
         self.rt.sync()
         count = int(self._out_host[0])
         if count < 0:
-            raise ValueError("nms: {} boxes exceed the kernel's capacity".format(n))
-        kept = self._keep_host[:count]
-        if count:
-            self.rt.dtoh(kept, p(self.keep))
-            self.rt.sync()
-        return kept.astype(np.int64)
+            raise ValueError("nms: {} boxes exceed the kernel's capacity".format(m))
+        return host[:count]
 
-    def __call__(self, boxes, scores, iou_threshold, class_ids=None, class_agnostic=False):
+    def run_device(self, boxes_ptr, scores_ptr, n, iou_threshold, classes_ptr=None, tiekey_ptr=None, top_k=0,
+                   max_out=None):
+        """NMS over n boxes already on the device; returns kept indices (int64), best first.
+
+        ``tiekey_ptr`` (int32 per box) breaks score ties instead of the box position,
+        e.g. the anchor index from GpuDecode. Only the ``top_k`` best boxes take part
+        (0: all), and at most ``max_out`` are kept. Raises ValueError if n > max_boxes.
+        """
+        keep = self._run(boxes_ptr, scores_ptr, n, iou_threshold, classes_ptr, tiekey_ptr, top_k, max_out, None,
+                         self.keep, self._keep_host)
+        return keep.astype(np.int64)
+
+    def detections(self, boxes_ptr, scores_ptr, class_ids_ptr, n, iou_threshold, class_agnostic=False,
+                   tiekey_ptr=None, top_k=0, max_out=None):
+        """Like run_device, but returns (boxes, scores, class ids) of the kept boxes, gathered on the device."""
+        det = self._run(boxes_ptr, scores_ptr, n, iou_threshold, None if class_agnostic else class_ids_ptr,
+                        tiekey_ptr, top_k, max_out, class_ids_ptr, self.det, self._det_host)
+        return det[:, :4].copy(), det[:, 4].copy(), det[:, 5].astype(np.int32)
+
+    def __call__(self, boxes, scores, iou_threshold, class_ids=None, class_agnostic=False, max_detections=None):
         """Host arrays in, kept indices out (int64, best first), like agent.postprocess.nms.nms."""
         boxes = np.ascontiguousarray(boxes, np.float32).reshape(-1, 4)
         scores = np.ascontiguousarray(scores, np.float32).reshape(-1)
@@ -227,7 +246,8 @@ class GpuNms(object):
             cls = np.ascontiguousarray(class_ids, np.int32).reshape(-1)
             self.rt.htod(p(self.classes), cls)
             cls_ptr = p(self.classes)
-        return self.run_device(p(self.boxes), p(self.scores), n, iou_threshold, classes_ptr=cls_ptr)
+        return self.run_device(p(self.boxes), p(self.scores), n, iou_threshold, classes_ptr=cls_ptr,
+                               max_out=max_detections)
 
     def close(self):
         self._mem.close()
@@ -289,18 +309,12 @@ class GpuDecode(object):
         self.rt.htod(self.rt.ptr(self.pred), pred)
         return self.download(self.run_device(self.rt.ptr(self.pred), conf_threshold))
 
-    def detect(self, nms, pred_ptr, conf_threshold, iou_threshold, class_agnostic=False):
-        """Decode + NMS on the device; only the candidates cross to the host. (boxes, scores, class_ids)."""
+    def detect(self, nms, pred_ptr, conf_threshold, iou_threshold, class_agnostic=False, top_k=0, max_out=None):
+        """Decode + NMS on the device; only the kept detections cross to the host. (boxes, scores, class_ids)."""
         n = self.run_device(pred_ptr, conf_threshold)
         p = self.rt.ptr
-        keep = nms.run_device(p(self.boxes), p(self.scores), n, iou_threshold,
-                              classes_ptr=None if class_agnostic else p(self.classes), tiekey_ptr=p(self.anchors))
-        boxes, scores, classes = (np.empty((n, 4), np.float32), np.empty(n, np.float32), np.empty(n, np.int32))
-        if n:
-            for arr, buf in zip((boxes, scores, classes), (self.boxes, self.scores, self.classes)):
-                self.rt.dtoh(arr, p(buf))
-            self.rt.sync()
-        return boxes[keep], scores[keep], classes[keep]
+        return nms.detections(p(self.boxes), p(self.scores), p(self.classes), n, iou_threshold,
+                              class_agnostic=class_agnostic, tiekey_ptr=p(self.anchors), top_k=top_k, max_out=max_out)
 
     def close(self):
         self._mem.close()
