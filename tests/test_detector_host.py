@@ -52,8 +52,19 @@ HostRuntime = _load_host_runtime_class()
 class DetectorHostRuntime(HostRuntime):
     """The kernel tests' host runtime plus the device-to-device copy GpuDetector uses."""
 
+    uploads = 0
+
     def dtod(self, dst, src, nbytes):
         ctypes.memmove(int(dst), int(src), nbytes)
+
+    def htod(self, dst, arr):
+        self.uploads += 1
+        super(DetectorHostRuntime, self).htod(dst, arr)
+
+    def host_mapped(self, shape, dtype):
+        """Mapped memory on Jetson: one buffer, one address for the CPU and the GPU; here trivially so."""
+        arr = np.full(shape, 0xA5, dtype)
+        return arr, arr.ctypes.data
 
 
 @pytest.fixture(scope="module")
@@ -285,6 +296,29 @@ def test_top_k_and_max_detections_on_the_device(host, color_engine):
     assert_same(results[3], tuple(a[:2] for a in results[2][:3]))  # the best two of the same list
     for a, b in zip(results[:5], results[5:]):
         assert_same(a, b[:3])
+
+
+def test_mapped_frame_reads_in_place(host, color_engine):
+    """Jetson's zero-copy frame: same detections, no frame upload, reallocation included."""
+    engine = color_engine
+    cfg = DetectionConfig(conf_threshold=0.1)
+    rt = host[0]
+    plain = make_detector(host, engine, max_frame=(320, 240))
+    mapped = make_detector(host, engine, max_frame=(160, 120), mapped_frame=True)
+    try:
+        assert mapped._pre.frame is None  # no device frame buffer is allocated
+        rng = np.random.default_rng(13)
+        for w, h in ((320, 240), (160, 120)):  # the first reallocates the mapped buffer
+            img = frame(rng, w, h)
+            ref = plain.detect(img, cfg)
+            before = rt.uploads
+            got = mapped.detect(img, cfg)
+            assert rt.uploads == before
+            assert len(got[1]) > 0
+            assert_same(got, ref[:3])
+    finally:
+        mapped.close()
+        plain.close()
 
 
 def test_frame_larger_than_buffer_and_bad_input(host, color_engine):

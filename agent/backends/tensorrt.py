@@ -3,9 +3,10 @@
 The thread that creates the backend owns it: the CUDA context (the device's
 primary context, retained and pushed around every call, never ``pycuda.autoinit``),
 the engine, the execution context, one stream and page-locked host buffers. On an
-integrated GPU (Jetson: CPU and GPU share DRAM) the input is mapped host memory the
-GPU reads directly, saving a copy. ``close()`` frees in reverse order and releases
-the context, so no "context stack was not empty" at exit.
+integrated GPU (Jetson: CPU and GPU share DRAM) the input, and the camera frame of the
+fused path, are mapped host memory the GPU reads in place, saving a copy each.
+``close()`` frees in reverse order and releases the context, so no "context stack was
+not empty" at exit.
 
 Fused path (issue 7): for an engine with one float32 input and one YOLOv8 ``[1, 4+nc, N]``
 float32 output, ``detect(image, detection)`` runs agent.kernels.detector.GpuDetector on
@@ -178,7 +179,7 @@ class TensorRTBackend(Backend):
             rt = PycudaRuntime(self._stream)
             self._detector = GpuDetector(rt, load_modules(rt, paths), in_shape[3], in_shape[2], out_shape[1] - 4,
                                          out_shape[2], self._execute, self._addresses[i_in],
-                                         int(self._device[i_out]))
+                                         int(self._device[i_out]), mapped_frame=self._mapped_input)
         except Exception as e:  # no nvcc and no cached cubin, a module that does not load: stay on the CPU path
             log.warning("%s: fused GPU detect off, using infer + CPU postprocess: %s", self.engine_path,
                         str(e).splitlines()[0] if str(e) else type(e).__name__)

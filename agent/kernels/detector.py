@@ -1,7 +1,7 @@
 """The fused GPU detector of issue 7: frame in, final detections out, everything between on the device.
 
 ``GpuDetector.detect(image, detection)`` uploads the BGR frame from a pinned host
-buffer, letterboxes it straight into the engine's input buffer (GpuPreprocess),
+buffer (on Jetson, ``mapped_frame``: the kernel reads it in place), letterboxes it straight into the engine's input buffer (GpuPreprocess),
 runs the engine (``execute()``, a callable the backend supplies), decodes the
 YOLOv8 ``[1, 4+nc, N]`` output and runs NMS on the device (GpuDecode, GpuNms).
 What crosses back to the host: the candidate count, then the kept count and the
@@ -63,7 +63,7 @@ class GpuDetector(object):
     """Preprocess, engine, decode and NMS on the device for one YOLOv8-layout engine; see the module doc."""
 
     def __init__(self, runtime, modules, input_w, input_h, num_classes, num_anchors, execute, input_ptr,
-                 output_ptr, max_frame=(1920, 1080), sync_timing=True):
+                 output_ptr, max_frame=(1920, 1080), sync_timing=True, mapped_frame=False):
         self.rt = runtime
         self.modules = modules
         self.input_w, self.input_h = int(input_w), int(input_h)
@@ -71,6 +71,10 @@ class GpuDetector(object):
         self.execute = execute
         self.input_ptr, self.output_ptr = int(input_ptr), int(output_ptr)
         self.sync_timing = bool(sync_timing)
+        # Integrated GPU (Jetson): the frame goes into mapped host memory the kernel reads in
+        # place, saving the upload (6 MB at 1080p). Needs runtime.host_mapped (PycudaRuntime).
+        self.mapped_frame = bool(mapped_frame)
+        self._frame_ptr = 0
         self._pre = self._frame_host = self._dec = self._nms = self._sub = None
         self._sub_key = None
         self._host = []
@@ -91,8 +95,13 @@ class GpuDetector(object):
 
     def _alloc_frame(self, w, h):
         self._pre = GpuPreprocess(self.rt, self.modules["preprocess"], self.input_w, self.input_h,
-                                  max_frame_w=w, max_frame_h=h, out_ptr=self.input_ptr)
-        self._frame_host = self.rt.host((w * h * 3,), np.uint8)  # pinned: the upload is a true async copy
+                                  max_frame_w=w, max_frame_h=h, out_ptr=self.input_ptr,
+                                  frame_buffer=not self.mapped_frame)
+        if self.mapped_frame:
+            self._frame_host, self._frame_ptr = self.rt.host_mapped((w * h * 3,), np.uint8)
+        else:
+            self._frame_host = self.rt.host((w * h * 3,), np.uint8)  # pinned: the upload is a true async copy
+            self._frame_ptr = self.rt.ptr(self._pre.frame)
 
     def _preprocess(self, image):
         """Upload the frame and letterbox it into the engine input; returns the Mapping."""
@@ -105,12 +114,12 @@ class GpuDetector(object):
             _free_host(host)
             pre.close()
             self._alloc_frame(w, h)
-        # The previous detect() synchronized the stream, so no copy still reads this buffer.
+        # The previous detect() synchronized the stream, so no copy or kernel still reads this buffer.
         host = self._frame_host[:h * w * 3].reshape(h, w, 3)
         np.copyto(host, image)
-        frame_ptr = self.rt.ptr(self._pre.frame)
-        self.rt.htod(frame_ptr, host)
-        return self._pre.run_device(frame_ptr, w, h, w * 3)
+        if not self.mapped_frame:
+            self.rt.htod(self._frame_ptr, host)
+        return self._pre.run_device(self._frame_ptr, w, h, w * 3)
 
     def _decoder_for(self, classes):
         """(decoder, pred pointer, class id map or None) for a ``classes`` filter (see the module doc)."""

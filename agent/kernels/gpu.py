@@ -57,6 +57,11 @@ class PycudaRuntime(object):
     def host(self, shape, dtype):
         return self.cuda.pagelocked_empty(shape, dtype)  # async copies need pinned memory
 
+    def host_mapped(self, shape, dtype):
+        """(array, device pointer): pinned host memory the GPU reads in place (zero-copy, for Jetson)."""
+        arr = self.cuda.pagelocked_empty(shape, dtype, mem_flags=self.cuda.host_alloc_flags.DEVICEMAP)
+        return arr, int(arr.base.get_device_pointer())
+
     def launch(self, fn, grid, block, args):
         fn(*args, grid=grid, block=block, stream=self.stream)
 
@@ -323,13 +328,15 @@ class GpuDecode(object):
 class GpuPreprocess(object):
     """BGR uint8 frame -> letterboxed RGB float32 CHW in the engine input buffer (see preprocess.cu)."""
 
-    def __init__(self, runtime, module, input_w, input_h, max_frame_w=1920, max_frame_h=1080, out_ptr=None):
+    def __init__(self, runtime, module, input_w, input_h, max_frame_w=1920, max_frame_h=1080, out_ptr=None,
+                 frame_buffer=True):
+        """``frame_buffer=False``: no device frame buffer; frames come to run_device from mapped memory."""
         self.rt = runtime
         self.input_w, self.input_h = int(input_w), int(input_h)
         self.max_frame_bytes = int(max_frame_w) * int(max_frame_h) * 3
         self._fn = module.get_function("ea_letterbox")
         self._mem = b = _Buffers(runtime)
-        self.frame = b.alloc(self.max_frame_bytes)
+        self.frame = b.alloc(self.max_frame_bytes) if frame_buffer else None
         self.out_ptr = out_ptr if out_ptr is not None else runtime.ptr(b.alloc(4 * 3 * self.input_w * self.input_h))
         self._geometry = {}
 
@@ -351,7 +358,7 @@ class GpuPreprocess(object):
         frame = np.ascontiguousarray(frame)
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             raise ValueError("preprocess: expected HxWx3 uint8, got {} {}".format(frame.dtype, frame.shape))
-        if frame.nbytes > self.max_frame_bytes:
+        if frame.nbytes > self.max_frame_bytes or self.frame is None:
             raise ValueError("preprocess: frame {}x{} exceeds the buffer".format(frame.shape[1], frame.shape[0]))
         self.rt.htod(self.rt.ptr(self.frame), frame)
         return self.run_device(self.rt.ptr(self.frame), frame.shape[1], frame.shape[0], frame.strides[0])
