@@ -9,6 +9,18 @@ from agent.postprocess import make_decoder, nms, postprocess
 from agent.backends.base import TensorSpec
 
 SIZES = (0, 1, 2, 63, 64, 65, 200)
+NMS_MODULE = __import__("agent.postprocess.nms", fromlist=["nms"])
+
+
+@pytest.fixture(autouse=True, params=["auto", "batched", "sweep"])
+def strategy(request, monkeypatch):
+    """Every test runs with the automatic choice and with each exact strategy forced."""
+    if request.param == "batched":  # never the sweep: no density switch, no hand-over
+        monkeypatch.setattr(NMS_MODULE, "_DENSE", -1)
+        monkeypatch.setattr(NMS_MODULE, "_SPARSE", 0.0)
+    elif request.param == "sweep":
+        monkeypatch.setattr(NMS_MODULE, "_DENSE", float("inf"))
+    return request.param
 
 
 def reference(boxes, scores, thr, class_ids=None):

@@ -17,14 +17,26 @@ Known differences, all on degenerate input: a box with zero or negative width or
 height never suppresses and is never suppressed (OpenCV treats two zero-area boxes
 anywhere in the image as IoU 1); NaN scores sort last here.
 
-Algorithm: instead of an O(n*k) greedy loop, candidate pairs come from a sweep over
-boxes sorted by x1 (classes kept apart by torchvision's coordinate offset trick,
-used only for the sweep key so that IoUs are computed on the original
-coordinates), their IoUs are computed vectorized, and the greedy decision is then
-resolved in rounds over the sparse "i suppresses j" graph: a box is kept once every
-higher-scored box that would suppress it is removed, and removed once one of them
-is kept. That equals the sequential sweep and needs a handful of rounds on real
-detections.
+Algorithm: two exact strategies, picked by how the boxes look.
+
+* Batched greedy (detector output: clusters of boxes around each object): the
+  next 64 undecided boxes in rank order are resolved among themselves from a 64x64
+  suppression matrix, then the ones kept suppress every later box in one vectorized
+  step. A cluster collapses as soon as its best box is kept, so a few batches
+  decide thousands of boxes, and ``max_detections`` stops the loop early.
+* Sweep (sparse boxes, most of them kept, where batches would compare every pair):
+  candidate pairs come from a sweep over boxes sorted by x1 (classes kept apart by
+  torchvision's coordinate offset trick, used only for the sweep key so that IoUs
+  are computed on the original coordinates), their IoUs are computed vectorized,
+  and the greedy decision is resolved in rounds over the sparse "i suppresses j"
+  graph: a box is kept once every higher-scored box that would suppress it is
+  removed, and removed once one of them is kept.
+
+The sweep's first step counts the pairs of boxes that meet in x; up to 32 per box
+the sweep runs, above that the batched loop, which hands over to the sweep when a
+batch suppresses under 10 % of the boxes it is compared with (the boxes left are
+all ranked below the ones kept, so the hand-over is exact). Both compute the same IoU the same way, so the choice
+changes the time only (tests/test_nms.py checks both against OpenCV).
 """
 
 import logging
@@ -52,30 +64,35 @@ def _pairs(ends, start, stop):
     return p, q
 
 
-def _suppression_edges(b, cls, iou_threshold):
-    """Edges (a, b) with a ranked before b and IoU(a, b) above the threshold (OpenCV rule)."""
+def _sweep_order(b, cls):
+    """(sweep order, ends, cumulative pair counts): box p in sweep order meets boxes p+1..ends[p]-1 in x."""
     n = len(b)
-    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
-    w = x2 - x1
-    h = y2 - y1
-    valid = (w > 0) & (h > 0)
-    area = np.where(valid, w * h, 0.0)
+    x1, x2 = b[:, 0], b[:, 2]
+    valid = (x2 - x1 > 0) & (b[:, 3] - b[:, 1] > 0)
     # Sweep key: x1 shifted by class so that different classes never meet in x.
     lo = float(np.min(x1)) if n else 0.0
     span = float(np.max(x2)) - lo + 1.0
     shift = -lo if cls is None else cls.astype(np.float64) * span - lo
     k1 = x1 + shift
-    k2 = x2 + shift
-    k2 = np.where(valid, k2, -np.inf)  # an invalid box starts no pair
+    k2 = np.where(valid, x2 + shift, -np.inf)  # an invalid box starts no pair
     xo = np.argsort(k1, kind="stable")
+    # ends[p]: one past the last box whose x1 <= x2 of box p in sweep order.
+    ends = np.searchsorted(k1[xo], k2[xo], side="right")
+    return xo, ends, np.cumsum(np.maximum(ends - np.arange(1, n + 1), 0))
+
+
+def _suppression_edges(b, cls, iou_threshold, sweep=None):
+    """Edges (a, b) with a ranked before b and IoU(a, b) above the threshold (OpenCV rule)."""
+    n = len(b)
+    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    w = x2 - x1
+    h = y2 - y1
+    area = np.where((w > 0) & (h > 0), w * h, 0.0)
+    xo, ends, cum = sweep if sweep is not None else _sweep_order(b, cls)
     # Work in sweep order: contiguous copies make the per-pair gathers cheaper.
-    key1, key2 = k1[xo], k2[xo]
     sx1, sy1, sx2, sy2, sarea = x1[xo], y1[xo], x2[xo], y2[xo], area[xo]
     thr32 = np.float32(iou_threshold)
     out_a, out_b = [], []
-    # ends[p]: one past the last box whose x1 <= x2 of box p in sweep order.
-    ends = np.searchsorted(key1, key2, side="right")
-    cum = np.cumsum(np.maximum(ends - np.arange(1, n + 1), 0))
     # Chunk rows so that about _PAIR_CHUNK pairs at most are materialized at once.
     stops = np.searchsorted(cum, np.arange(_PAIR_CHUNK, int(cum[-1]), _PAIR_CHUNK)) + 1
     start = 0
@@ -103,6 +120,69 @@ def _suppression_edges(b, cls, iou_threshold):
     if not out_a:
         return np.empty(0, np.intp), np.empty(0, np.intp)
     return np.concatenate(out_a), np.concatenate(out_b)
+
+
+_BATCH = 64  # boxes resolved together by the batched greedy loop
+_SPARSE = 0.1  # below this share of suppressed boxes per batch, the sweep takes over
+_DENSE = 32  # x-overlapping pairs per box above which the batched loop is tried first
+
+
+def _suppresses(b, area, cls, thr32, i, j):
+    """bool [len(i), len(j)]: box i suppresses box j (the OpenCV rule), for index arrays i, j."""
+    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    iw = np.minimum(x2[i][:, None], x2[j]) - np.maximum(x1[i][:, None], x1[j])
+    ih = np.minimum(y2[i][:, None], y2[j]) - np.maximum(y1[i][:, None], y1[j])
+    inter = iw * ih
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dist = (1.0 - inter / (area[i][:, None] + area[j] - inter)).astype(np.float32)
+    sup = ((np.float32(1.0) - dist) > thr32) & (iw > 0) & (ih > 0)
+    if cls is not None:
+        sup &= cls[i][:, None] == cls[j]
+    return sup
+
+
+def _resolve(sup):
+    """Removed mask of greedy NMS within one batch, from its square suppression matrix (rank order)."""
+    k = len(sup)
+    rows = np.packbits(np.triu(sup, 1), axis=1, bitorder="little")
+    masks = [int.from_bytes(rows[r].tobytes(), "little") for r in range(k)]
+    removed = 0
+    for r in range(k):  # 64 steps of Python int arithmetic: cheaper than 64 numpy calls
+        if not (removed >> r) & 1:
+            removed |= masks[r]
+    bits = np.frombuffer(removed.to_bytes(rows.shape[1], "little"), np.uint8)
+    return np.unpackbits(bits, bitorder="little")[:k].astype(bool)
+
+
+def _sweep(b, cls, iou_threshold, sweep=None):
+    """Greedy NMS over ranks 0..n-1 by the sweep (see the module docstring)."""
+    a, c = _suppression_edges(b, cls, iou_threshold, sweep)
+    return _greedy(len(b), a, c)
+
+
+def _greedy_batched(b, cls, iou_threshold, limit):
+    """Greedy NMS over ranks 0..n-1, _BATCH boxes at a time; hands sparse remainders to the sweep."""
+    n = len(b)
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    area = np.where((w > 0) & (h > 0), w * h, 0.0)
+    thr32 = np.float32(iou_threshold)
+    alive = np.arange(n)
+    keep = []
+    while alive.size and len(keep) < limit:
+        head, rest = alive[:_BATCH], alive[_BATCH:]
+        removed = _resolve(_suppresses(b, area, cls, thr32, head, head))
+        if not keep and rest.size and removed.sum() < _SPARSE * len(head):
+            return _sweep(b, cls, iou_threshold)  # sparse from the start: skip the batches
+        kept = head[~removed]
+        keep.append(kept)
+        if rest.size and kept.size:
+            before = rest.size
+            rest = rest[~_suppresses(b, area, cls, thr32, kept, rest).any(0)]
+            if rest.size > (1.0 - _SPARSE) * before:
+                keep.append(rest[_sweep(b[rest], None if cls is None else cls[rest], iou_threshold)])
+                break
+        alive = rest
+    return np.concatenate(keep)[:limit] if keep else np.empty(0, np.intp)
 
 
 def _greedy(n, a, b):
@@ -142,10 +222,14 @@ def nms(boxes, scores, iou_threshold, class_ids=None, class_agnostic=False, max_
         if len(class_ids) != n:
             raise ValueError("nms: {} boxes but {} class ids".format(n, len(class_ids)))
         cls = class_ids[order].astype(np.int64)
-    a, b = _suppression_edges(boxes[order], cls, iou_threshold)
-    keep = order[_greedy(n, a, b)]
-    if max_detections is not None:
-        keep = keep[:max_detections]
+    limit = n if max_detections is None else int(max_detections)
+    b = boxes[order]
+    sweep = _sweep_order(b, cls)
+    if sweep[2][-1] <= _DENSE * n:  # few boxes meet in x: the sweep has little to compare
+        keep = _sweep(b, cls, iou_threshold, sweep)
+    else:
+        keep = _greedy_batched(b, cls, iou_threshold, limit)
+    keep = order[keep[:limit]]
     return keep.astype(np.int64)
 
 
