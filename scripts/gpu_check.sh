@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU checks in one go, for a machine with an NVIDIA GPU (CI's lent GPU box, a Jetson):
 #   1. every test marked `gpu` (CUDA kernels vs numpy; TensorRT engines when tensorrt imports),
-#   2. the GPU kernel benchmark (needs CuPy; torchvision for the NMS ratio).
+#   2. the GPU kernel benchmark (needs CuPy; torchvision for the NMS ratio),
+#   3. the fused path end to end vs the bare engine (CuPy + PyTorch with CUDA).
 # Prints what it runs and exits non-zero if any step fails. Run from anywhere.
 set -u
 cd "$(dirname "$0")/.."
@@ -38,6 +39,15 @@ if $PY -c "import cupy" 2>/dev/null; then
     $PY benchmarks/bench_kernels_gpu.py --iters "${ITERS:-200}" || status=1
 else
     echo "skipped: cupy is not installed"
+fi
+
+echo "== benchmarks/bench_detector_gpu.py (fused path end to end vs the bare engine)"
+if $PY -c "import cupy, torch; assert torch.cuda.is_available()" 2>/dev/null; then
+    ckpt=""
+    [ -f runs/demo-fast.pt ] && ckpt="--ckpt runs/demo-fast.pt"  # trained weights, when carried
+    $PY benchmarks/bench_detector_gpu.py $ckpt --frames "${ITERS:-200}" || status=1
+else
+    echo "skipped: needs cupy and PyTorch with CUDA"
 fi
 
 echo "== gpu_check: $([ $status -eq 0 ] && echo PASS || echo FAIL)"

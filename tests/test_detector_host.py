@@ -369,3 +369,17 @@ def test_real_ultralytics_model_matches_cpu_path(host, real_engine):
         assert engine.runs == 4
     finally:
         det.close()
+
+
+def test_gpu_end_to_end_benchmark_dry_run():
+    """benchmarks/bench_detector_gpu.py on the CPU: its exactness check passes and it prints every row."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_detector_gpu.py"), "--runtime", "host",
+                        "--frames", "2", "--warmup", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       universal_newlines=True, timeout=300)
+    assert p.returncode == 0, p.stdout
+    assert "check: fused decode + NMS == numpy decode + NMS on the same engine output (100 detections" in p.stdout
+    for row in ("bare engine", "fused GPU path", "CPU pre/post", "fused stages"):
+        assert row in p.stdout, p.stdout
