@@ -72,8 +72,10 @@ def env(tmp_path_factory):
 
 
 def _boxes(rng, n, n_classes, span=640.0):
-    xy = rng.uniform(-10, span, (n, 2))
-    b = np.concatenate([xy, xy + rng.uniform(2, 120, (n, 2))], 1).astype(np.float32)
+    """On a 1/16 px grid: areas and intersections are exact in float32, so the kernel's float32
+    IoU and the reference's float64 IoU can only differ on exact ties, which both keep."""
+    xy = np.round(rng.uniform(-10, span, (n, 2)) * 16) / 16
+    b = np.concatenate([xy, xy + np.round(rng.uniform(2, 120, (n, 2)) * 16) / 16], 1).astype(np.float32)
     s = (rng.integers(1, 50, n) / 50.0).astype(np.float32)  # ties
     c = rng.integers(0, n_classes, n).astype(np.int32)
     return b, s, c

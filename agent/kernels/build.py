@@ -166,7 +166,7 @@ def kernel_signatures(names=None):
 def host_library(out_dir, names=None, cxx="g++"):
     """Build kernel sources for the CPU through the shim into one .so; returns its path (tests only).
 
-    Equivalent to ``g++ -std=c++20 -O2 -shared -fPIC -pthread -x c++ -include
+    Equivalent to ``g++ -std=c++20 -O2 -ffp-contract=off -shared -fPIC -pthread -x c++ -include
     cuda_host_shim.h nms.cu ...`` but as one translation unit that includes the
     sources: the C++ headers the shim needs are parsed once instead of per file
     (~5 s each on a 2-core CI box). Kernel and macro names are prefixed per file
@@ -191,7 +191,8 @@ def host_library(out_dir, names=None, cxx="g++"):
     unity = os.path.join(out_dir, "ea_{}_host-{}.cc".format("_".join(names), key))
     with open(unity, "w") as f:
         f.write(text)
-    _atomic_compile(lambda tmp: [cxx, "-std=c++20", "-O2", "-shared", "-fPIC", "-pthread", unity, "-o", tmp], so)
+    _atomic_compile(lambda tmp: [cxx, "-std=c++20", "-O2", "-ffp-contract=off", "-shared", "-fPIC", "-pthread", unity,
+                                 "-o", tmp], so)
     return so
 
 

@@ -193,6 +193,13 @@ inline float min(float a, float b) { return std::fmin(a, b); }
 inline float max(float a, float b) { return std::fmax(a, b); }
 // fminf/fmaxf/floorf come from <cmath> (global namespace), as in CUDA.
 
+// Explicitly rounded float ops: plain IEEE single ops on the host (x86-64 g++ does not
+// contract into FMA without -mfma; the shim is built without it).
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+
 inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, sizeof i); return i; }
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, sizeof f); return f; }
 

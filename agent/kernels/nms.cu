@@ -13,8 +13,9 @@
 //     class_id * (max_coord + 1): in float32 that shift rounds coordinates
 //     (ulp 0.004 px at 51k) and breaks for negative coordinates, which YOLO
 //     boxes at the image border have; the class test is exact and cheaper.)
-//   * IoU is computed in float32; the numpy reference computes it in float64,
-//     so a pair within ~1 ulp of the threshold may be decided differently.
+//   * IoU is computed in float32 with explicitly rounded ops (identical on the GPU
+//     and in the host build); the numpy reference computes it in float64, so a
+//     pair within ~1 ulp of the threshold may be decided differently.
 //
 // Launch sequence (agent/kernels/gpu.py and the host entry point below):
 //   1. ea_nms_sort       grid ceil(n/64), block 64     stable rank sort of all n boxes
@@ -33,18 +34,21 @@
 #define EA_NMS_KEEP_TPB 256       // threads of the single keep block
 #define EA_NMS_MAX_COL_BLOCKS 256  // => at most 16384 boxes per call
 
+// Explicitly rounded single-precision ops: nvcc would otherwise fuse w * h and the
+// sums into FMAs (--fmad=true is its default), and the GPU could decide a pair near
+// the threshold differently from the host build the tests check against.
 __device__ __forceinline__ float ea_iou(const float* a, const float* b) {
     float left = fmaxf(a[0], b[0]);
     float right = fminf(a[2], b[2]);
     float top = fmaxf(a[1], b[1]);
     float bottom = fminf(a[3], b[3]);
-    float w = fmaxf(right - left, 0.f);
-    float h = fmaxf(bottom - top, 0.f);
-    float inter = w * h;
-    float area_a = (a[2] - a[0]) * (a[3] - a[1]);
-    float area_b = (b[2] - b[0]) * (b[3] - b[1]);
-    float uni = area_a + area_b - inter;
-    return uni > 0.f ? inter / uni : 0.f;
+    float w = fmaxf(__fsub_rn(right, left), 0.f);
+    float h = fmaxf(__fsub_rn(bottom, top), 0.f);
+    float inter = __fmul_rn(w, h);
+    float area_a = __fmul_rn(__fsub_rn(a[2], a[0]), __fsub_rn(a[3], a[1]));
+    float area_b = __fmul_rn(__fsub_rn(b[2], b[0]), __fsub_rn(b[3], b[1]));
+    float uni = __fsub_rn(__fadd_rn(area_a, area_b), inter);
+    return uni > 0.f ? __fdiv_rn(inter, uni) : 0.f;
 }
 
 // Stable descending sort by rank: rank(i) = #{j : s_j > s_i or (s_j == s_i and key_j < key_i)}.
