@@ -398,6 +398,34 @@ def build(spec, progress=None, force=False, writer=None):
     return path, manifest, True
 
 
+def compile_kernels_for(engines_dir, manifest, progress=None, nvcc="nvcc"):
+    """Compile the CUDA kernels for a TensorRT engine's GPU into ``<engines_dir>/kernels``, once.
+
+    The TensorRT backend loads them from there at start, so a deployed service needs no
+    nvcc. Returns the paths, or None when the manifest names no GPU or nvcc is missing or
+    fails (reported through ``progress``: the backend then compiles on first use, or runs
+    the CPU post-processing path).
+    """
+    from .kernels import build as kernel_build
+
+    emit = progress or (lambda message: log.info("%s", message))
+    cc = (manifest or {}).get("device", {}).get("compute_capability")
+    if not cc:
+        return None
+    cache = os.path.join(engines_dir, "kernels")
+    try:
+        return kernel_build.load_kernels(cc, cache_dir=cache, compile_if_missing=False)
+    except kernel_build.KernelBuildError:
+        pass
+    emit("compiling the CUDA kernels for compute capability {} into {}".format(cc, cache))
+    try:
+        return kernel_build.compile_kernels(cache, kernel_build.normalize_arch(cc), nvcc=nvcc)
+    except kernel_build.KernelBuildError as e:
+        emit("warning: CUDA kernels not compiled ({}); the service compiles them on first start if it "
+             "finds nvcc, else post-processes on the CPU".format(str(e).splitlines()[0]))
+        return None
+
+
 def artifact_for(config, size_name, backend_name, on_building=None):
     """(path, manifest or None) of the model the backend should load for ``size_name``.
 

@@ -302,3 +302,30 @@ def test_segfault_in_child_is_a_clean_error():
         run_in_child(crash_while_parsing, {"onnx": "bad.onnx"}, lines.append, what="bad.onnx")
     assert str(info.value) == "builder process died with signal 11 (SIGSEGV) while parsing bad.onnx"
     assert any("parsing bad.onnx" in line for line in lines)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH: cannot compile the kernels")
+def test_kernels_compiled_beside_the_engine_once(tmp_path):
+    """build-engine's kernel step: cubins for the manifest's GPU where the TensorRT backend looks first."""
+    from agent.kernels import SOURCES, build as kernel_build
+
+    lines = []
+    manifest = {"device": {"gpu": "a test GPU", "compute_capability": "7.5"}}
+    paths = engines.compile_kernels_for(str(tmp_path), manifest, progress=lines.append)
+    assert sorted(paths) == sorted(s[:-3] for s in SOURCES)
+    assert all(p.endswith(".cubin") and os.path.dirname(p) == str(tmp_path / "kernels") for p in paths.values())
+    assert len(lines) == 1 and "compute capability 7.5" in lines[0]
+    # What TensorRTBackend._load_detector asks for, without compiling:
+    assert kernel_build.load_kernels((7, 5), cache_dir=str(tmp_path / "kernels"), compile_if_missing=False) == paths
+    mtimes = {p: os.path.getmtime(p) for p in paths.values()}
+    assert engines.compile_kernels_for(str(tmp_path), manifest, progress=lines.append) == paths
+    assert len(lines) == 1 and {p: os.path.getmtime(p) for p in paths.values()} == mtimes  # not rebuilt
+
+
+def test_kernels_step_without_nvcc_or_gpu_reports_and_goes_on(tmp_path):
+    lines = []
+    manifest = {"device": {"compute_capability": "7.2"}}
+    assert engines.compile_kernels_for(str(tmp_path), manifest, progress=lines.append,
+                                       nvcc=str(tmp_path / "no-nvcc")) is None
+    assert lines[-1].startswith("warning: CUDA kernels not compiled") and "no-nvcc" in lines[-1]
+    assert engines.compile_kernels_for(str(tmp_path), {"device": {}}, progress=lines.append) is None

@@ -74,6 +74,8 @@ def build_engine(ctx, config_path, size, onnx, engines_dir, backend, precision, 
         else:
             click.echo("{}: built {} ({} {}, {:.1f}s)".format(name, _rel(path), backend_name,
                                                               manifest["precision"]["built"], manifest["build_time_s"]))
+        if backend_name == "tensorrt":  # the fused GPU path's kernels, beside the engine
+            engines.compile_kernels_for(os.path.dirname(os.path.abspath(path)), manifest, progress=progress)
     if invalid:
         ctx.exit(1)
 
