@@ -42,6 +42,26 @@ def _import_pycuda():
     return cuda
 
 
+def _pop_driver_context(handle):
+    # type: (int) -> None
+    """Undo the push pycuda's detach() leaves behind for a primary context.
+
+    pycuda detaches a context that is not current by pushing it and detaching, and
+    "pop is implicit in detach" holds for cuCtxDetach only: a primary context is
+    released with cuDevicePrimaryCtxRelease, which pops nothing. Without this, every
+    model swap would leave one more entry on the thread's driver context stack.
+    """
+    import ctypes
+
+    try:
+        cu = ctypes.CDLL("libcuda.so.1")
+        current = ctypes.c_void_p()
+        if cu.cuCtxGetCurrent(ctypes.byref(current)) == 0 and (current.value or 0) == handle:
+            cu.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
+    except (OSError, AttributeError) as e:  # no libcuda here: nothing was pushed either
+        log.debug("driver context pop skipped: %s", e)
+
+
 class TensorRTBackend(Backend):
     """One TensorRT engine; created, used and closed on one thread."""
 
@@ -245,4 +265,6 @@ class TensorRTBackend(Backend):
                 self._runtime = None
         finally:
             ctx, self._ctx = self._ctx, None
+            handle = ctx.handle
             ctx.detach()
+            _pop_driver_context(handle)

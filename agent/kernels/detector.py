@@ -154,6 +154,7 @@ class GpuDetector(object):
         """Decode + NMS on the device; (boxes in input pixels, scores, class ids) of the kept detections."""
         dec, pred_ptr, class_map = self._decoder_for(list(detection.classes or []))
         if dec is None:
+            self.rt.sync()  # every path ends synchronized: the next frame reuses the frame buffer
             return _empty()
         n = dec.run_device(pred_ptr, detection.conf_threshold)
         top_k, max_det = detection.top_k, detection.max_detections

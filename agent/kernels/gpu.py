@@ -113,7 +113,9 @@ class CupyRuntime(object):
         pass  # the MemoryPointer returns to CuPy's pool when the last reference goes
 
     def host(self, shape, dtype):
-        return np.empty(shape, dtype)
+        import cupyx
+
+        return cupyx.empty_pinned(shape, dtype)  # pinned, as PycudaRuntime's: copies are truly async
 
     def _stream(self):
         return self.cupy.cuda.get_current_stream().ptr
