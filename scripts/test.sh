@@ -18,3 +18,12 @@ if [ -n "$py36" ]; then
   "$py36" -m compileall -q agent >/dev/null
 fi
 $PY -m pytest -q -p no:cacheprovider "$@" tests
+# JetPack 4 (Python 3.6) gets paho-mqtt 1.6, whose API differs from 2.x (agent/publish/paho_compat.py):
+# the MQTT tests run again against it, from a throwaway target directory.
+echo "check: the MQTT tests against paho-mqtt 1.6.1 (the last release for Python 3.6)"
+paho16=$(mktemp -d)
+trap 'rm -rf "$paho16"' EXIT
+$PY -m pip install -q --disable-pip-version-check --no-deps --target "$paho16" "paho-mqtt==1.6.1"
+PYTHONPATH="$paho16${PYTHONPATH:+:$PYTHONPATH}" $PY -c \
+  "import paho.mqtt as m; assert m.__version__ == '1.6.1', m.__version__; print('paho-mqtt', m.__version__)"
+PYTHONPATH="$paho16${PYTHONPATH:+:$PYTHONPATH}" $PY -m pytest -q -p no:cacheprovider tests/test_mqtt.py
