@@ -10,7 +10,8 @@ synthetic frame: a few seconds) and the report saved.
   (capture to sink: what a real-time camera sees), compared with ``latency_budget_ms``;
 - throughput: the pipelined FPS of one unpaced stream, compared with ``target_fps``;
 - accuracy: mAP50-95 when the report has it for every candidate, else the model's
-  GFLOPs as a proxy (bigger models of one family are more accurate), else parameters.
+  GFLOPs as a proxy (bigger models of one family are more accurate), else parameters,
+  else the ONNX file size (weights dominate it; needs no ``onnx`` package).
 
 If no size meets the constraints, the fastest one is picked with a WARNING.
 """
@@ -113,12 +114,14 @@ def _fps(entry):
 
 
 def _accuracy_key(entries):
-    """(key function, what it ranks by): mAP50-95 if every entry has it, else GFLOPs, else params."""
+    """(key function, what it ranks by): the first figure every entry has, of mAP50-95, GFLOPs,
+    parameters (both need the ``onnx`` package, which a Jetson often lacks) and ONNX file size."""
     if all((e.get("accuracy") or {}).get("map50_95") is not None for e in entries.values()):
         return (lambda e: e["accuracy"]["map50_95"]), "mAP50-95"
-    if all((e.get("model") or {}).get("gflops") is not None for e in entries.values()):
-        return (lambda e: e["model"]["gflops"]), "GFLOPs"
-    return (lambda e: (e.get("model") or {}).get("params") or 0), "parameters"
+    for key, label in (("gflops", "GFLOPs"), ("params", "parameters"), ("onnx_bytes", "ONNX file size")):
+        if all((e.get("model") or {}).get(key) is not None for e in entries.values()):
+            return (lambda e, key=key: e["model"][key]), label
+    return (lambda e: 0), "nothing (no accuracy figure in the report)"
 
 
 def pick(report, sizes, latency_budget_ms=0.0, target_fps=0.0):

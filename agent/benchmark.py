@@ -167,7 +167,8 @@ class Measurer(object):
             train = meta.get("train_time_s", meta.get("train_wall_s"))
             info = {"onnx": onnx_path, "sha256": engines.sha256_file(onnx_path), "backend": model.backend_name,
                     "engine_id": model.engine_id, "input": list(model.input_size), "params": stats["params"],
-                    "gflops": stats["gflops"], "train_time_s": _float_or_none(train),
+                    "gflops": stats["gflops"], "onnx_bytes": os.path.getsize(onnx_path),
+                    "train_time_s": _float_or_none(train),
                     "threads": getattr(model.backend, "threads", None)}
             self.emit("result", "model", info)
             self.emit("result", "baseline", self.baseline(model))

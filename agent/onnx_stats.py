@@ -11,8 +11,11 @@ log = logging.getLogger("edge_agent.benchmark")
 
 
 def _dims(value_info):
-    """The shape as ints, or None when shape inference left a dimension unknown."""
-    shape = value_info.type.tensor_type.shape
+    """The shape as ints, or None when shape inference left a dimension (or the rank) unknown."""
+    tensor_type = value_info.type.tensor_type
+    if not tensor_type.HasField("shape"):  # unknown rank: older onnx (1.10) leaves Resize outputs so
+        return None
+    shape = tensor_type.shape
     out = []
     for d in shape.dim:
         if not (d.HasField("dim_value") and d.dim_value > 0):

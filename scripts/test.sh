@@ -18,6 +18,10 @@ if [ -n "$py36" ]; then
   "$py36" -m compileall -q agent >/dev/null
 fi
 $PY -m pytest -q -p no:cacheprovider "$@" tests
+if [ -n "$py36" ]; then
+  echo "check: the test suite under Python 3.6 with JetPack 4's dependency releases (scripts/test_py36.sh)"
+  scripts/test_py36.sh "$py36" "$@"
+fi
 # JetPack 4 (Python 3.6) gets paho-mqtt 1.6, whose API differs from 2.x (agent/publish/paho_compat.py):
 # the MQTT tests run again against it, from a throwaway target directory.
 echo "check: the MQTT tests against paho-mqtt 1.6.1 (the last release for Python 3.6)"

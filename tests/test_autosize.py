@@ -123,3 +123,18 @@ def test_pipeline_runs_the_chosen_size(measured, demo_models, tmp_path):
         assert pipeline.processed == 5
     finally:
         pipeline.stop()
+
+
+def test_without_the_onnx_package_file_size_ranks(measured):
+    """On a Jetson without `onnx` the report has no GFLOPs or parameters: the ONNX file size ranks."""
+    _, report = measured
+    loose = _latency(report, "accurate") * 3
+    bare = json.loads(json.dumps(report))
+    for entry in bare["sizes"].values():
+        entry["model"]["gflops"] = entry["model"]["params"] = None
+    assert bare["sizes"]["accurate"]["model"]["onnx_bytes"] > bare["sizes"]["fast"]["model"]["onnx_bytes"] > 0
+    size, reason, met = autosize.pick(bare, ["fast", "accurate"], loose)
+    assert (size, met) == ("accurate", True) and "ONNX file size" in reason
+    for entry in bare["sizes"].values():
+        del entry["model"]["onnx_bytes"]  # a report from before onnx_bytes: no figure to rank by
+    assert "no accuracy figure" in autosize.pick(bare, ["fast", "accurate"], loose)[1]

@@ -60,11 +60,20 @@ def cv2_nms(boxes, scores, iou, classes=None):
     """cv2.dnn.NMSBoxes(Batched) on x1y1x2y2 boxes; scores must be > 0."""
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], 1).tolist()
+    scores = np.asarray(scores, np.float32)
     if classes is None:
-        k = cv2.dnn.NMSBoxes(xywh, np.asarray(scores, np.float32).tolist(), 0.0, iou)
-    else:
-        k = cv2.dnn.NMSBoxesBatched(xywh, np.asarray(scores, np.float32).tolist(),
-                                    np.asarray(classes).tolist(), 0.0, iou)
+        k = cv2.dnn.NMSBoxes(xywh, scores.tolist(), 0.0, iou)
+    elif hasattr(cv2.dnn, "NMSBoxesBatched"):
+        k = cv2.dnn.NMSBoxesBatched(xywh, scores.tolist(), np.asarray(classes).tolist(), 0.0, iou)
+    else:  # OpenCV < 4.7 (the last for Python 3.6): NMSBoxes per class, merged best first
+        classes = np.asarray(classes)
+        k = []
+        for c in np.unique(classes):
+            idx = np.flatnonzero(classes == c)
+            got = cv2.dnn.NMSBoxes([xywh[i] for i in idx], scores[idx].tolist(), 0.0, iou)
+            k.extend(idx[np.asarray(got, np.int64).reshape(-1)].tolist())
+        k = np.asarray(k, np.int64)
+        k = k[np.lexsort((k, -scores[k]))]
     return np.asarray(k, np.int64).reshape(-1)
 
 

@@ -349,6 +349,8 @@ class MqttSink(Sink):
         except ssl.SSLError as e:
             if getattr(e, "verify_message", None):  # Python 3.7+
                 return "TLS: certificate verify failed ({}); check mqtt.tls.ca".format(e.verify_message)
+            if getattr(e, "reason", None) == "CERTIFICATE_VERIFY_FAILED":  # Python 3.6 (JetPack 4)
+                return "TLS: certificate verify failed; check mqtt.tls.ca"
             return "TLS: {}".format(getattr(e, "reason", None) or e)
         except OSError as e:
             return str(e)

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The test suite again under a real Python 3.6 (JetPack 4's), with the last releases of the
+# dependencies that support it: what a Jetson Xavier NX on JetPack 4.5/4.6 runs. Only the
+# type check (mypy) and the training smoke test (PyTorch) are left out.
+#   scripts/test_py36.sh [/path/to/python3.6] [pytest args]
+# The virtual environment is kept in .venv36/ (ignored) and reused. Called by scripts/test.sh
+# when a Python 3.6 interpreter exists.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py36=${1:?usage: scripts/test_py36.sh /path/to/python3.6 [pytest args]}
+shift
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+venv=.venv36
+if [ ! -f "$venv/.complete" ]; then
+  echo "setup: Python 3.6 environment in $venv"
+  rm -rf "$venv"
+  "$py36" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q "pip==21.3.1"  # 3.6's own pip cannot read manylinux2014 tags
+  # The last releases for Python 3.6 of what the agent and its tests import (JetPack 4 gets these).
+  "$venv/bin/python" -m pip install -q --only-binary=:all: "numpy==1.19.5" "opencv-python-headless==4.6.0.66" \
+    "onnxruntime==1.10.0" "onnx==1.10.2" "protobuf<4" "click==8.0.4" "PyYAML==6.0.1" "dataclasses==0.8" \
+    "pytest==7.0.1" "jsonschema==3.2.0"
+  "$venv/bin/python" -m pip install -q "paho-mqtt==1.6.1" "pycocotools==2.0.6"
+  touch "$venv/.complete"
+fi
+"$venv/bin/python" -c "import sys; assert sys.version_info[:2] == (3, 6), sys.version; print('python', sys.version.split()[0])"
+PYTHONPATH="$PWD" "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+  --ignore=tests/test_typecheck.py --ignore=tests/test_training.py "$@" tests
