@@ -21,8 +21,7 @@ $PY -m pytest -q -p no:cacheprovider "$@" tests
 if [ -n "$py36" ]; then
   echo "check: the test suite under Python 3.6 with JetPack 4's dependency releases (scripts/test_py36.sh)"
   scripts/test_py36.sh "$py36" "$@"
-fi
-if [ -z "$py36" ]; then
+else
   # No Python 3.6 here: at least the MQTT tests against paho-mqtt 1.6 (JetPack 4's; its API
   # differs from 2.x, see agent/publish/paho_compat.py), from a throwaway target directory.
   echo "check: the MQTT tests against paho-mqtt 1.6.1 (the last release for Python 3.6)"
