@@ -200,6 +200,8 @@ inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 
+inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+
 inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, sizeof i); return i; }
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, sizeof f); return f; }
 

@@ -123,21 +123,24 @@ extern "C" __global__ void ea_nms_mask(int n, float iou_threshold, const float* 
 }
 
 // One block of EA_NMS_KEEP_TPB threads (any blockDim >= EA_NMS_TPB works) sweeps
-// the tiles in score order.
-// out[0] = kept count (-1 if n is too large); keep[0..count) = original indices
-// of the kept boxes, best first; the sweep stops at max_out kept boxes. With
-// `gather`, det[k] = (x1, y1, x2, y2, score, class) of keep[k], read from the
-// unsorted inputs, so the host copies back only the kept detections.
+// the tiles in score order. out[0] = kept count (-1 if n is too large); keep[0..count)
+// = original indices of the kept boxes, best first; the sweep stops at max_out kept
+// boxes. With `gather`, det[k] = (x1, y1, x2, y2, score, class) of keep[k], read from
+// the unsorted inputs, so the host copies back only the kept detections.
 //
-// Per tile: (1) the block loads the tile's 64 diagonal mask words into shared
-// memory; (2) thread 0 resolves the tile serially from shared memory only;
-// (3) the block ORs the kept rows into the removal bitmap of every later tile,
-// one (row, column) word per thread, reads coalesced along the row.
+// The sweep is serial over the tiles, so each tile's critical path touches shared
+// memory only: (1) the block loads the tile's 64 diagonal mask words and sorted
+// indices into shared memory; (2) thread 0 resolves the tile from them (no global
+// load inside the loop); (3) the block writes the kept boxes' outputs in parallel
+// (position = kept before this tile + kept below it in the tile) and ORs the kept
+// rows into the removal bitmap of every later tile, one (row, column) word per
+// thread, loads independent of the kept bits so several are in flight.
 extern "C" __global__ void ea_nms_keep(int n, const unsigned long long* mask, const int* sorted_idx, int max_out,
                                        const float* boxes, const float* scores, const int* classes, int gather,
                                        int* keep, float* det, int* out) {
     __shared__ unsigned long long remv[EA_NMS_MAX_COL_BLOCKS];
     __shared__ unsigned long long diag[EA_NMS_TPB];
+    __shared__ int sidx[EA_NMS_TPB];
     __shared__ unsigned long long kept_tile;
     __shared__ int count;
     const int col_blocks = (n + EA_NMS_TPB - 1) / EA_NMS_TPB;
@@ -149,42 +152,51 @@ extern "C" __global__ void ea_nms_keep(int n, const unsigned long long* mask, co
     if (threadIdx.x == 0) count = 0;
     for (int nb = 0; nb < col_blocks; ++nb) {
         const int size = min(n - nb * EA_NMS_TPB, EA_NMS_TPB);
-        if ((int)threadIdx.x < size) diag[threadIdx.x] = mask[(nb * EA_NMS_TPB + threadIdx.x) * col_blocks + nb];
+        const int t = threadIdx.x;
+        if (t < size) {
+            diag[t] = mask[(nb * EA_NMS_TPB + t) * col_blocks + nb];
+            sidx[t] = sorted_idx[nb * EA_NMS_TPB + t];
+        }
         __syncthreads();
-        if (threadIdx.x == 0) {
+        if (t == 0) {
             unsigned long long removed = remv[nb];
             unsigned long long kept = 0ULL;
             int c = count;
             for (int k = 0; k < size && c < max_out; ++k) {
                 if (removed & (1ULL << k)) continue;
-                const int slot = sorted_idx[nb * EA_NMS_TPB + k];
                 kept |= 1ULL << k;
-                keep[c] = slot;
-                if (gather) {
-                    for (int q = 0; q < 4; ++q) det[c * 6 + q] = boxes[slot * 4 + q];
-                    det[c * 6 + 4] = scores[slot];
-                    det[c * 6 + 5] = (float)classes[slot];
-                }
                 ++c;
                 removed |= diag[k];
             }
-            count = c;
             kept_tile = kept;
         }
         __syncthreads();
-        if (count >= max_out) break;  // uniform: every thread reads the same shared value
         const unsigned long long kept = kept_tile;
-        const int later = col_blocks - nb - 1;
-        if (kept != 0ULL && later > 0) {
-            for (int f = threadIdx.x; f < EA_NMS_TPB * later; f += blockDim.x) {
+        const int base = count;
+        if (t < size && ((kept >> t) & 1ULL)) {
+            const int pos = base + __popcll(kept & ((1ULL << t) - 1ULL));
+            const int slot = sidx[t];
+            keep[pos] = slot;
+            if (gather) {
+                for (int q = 0; q < 4; ++q) det[pos * 6 + q] = boxes[slot * 4 + q];
+                det[pos * 6 + 4] = scores[slot];
+                det[pos * 6 + 5] = (float)classes[slot];
+            }
+        }
+        const int total = base + __popcll(kept);
+        const int later = col_blocks - nb - 1;  // > 0 only for a full tile: all 64 rows exist
+        if (kept != 0ULL && later > 0 && total < max_out) {
+#pragma unroll 4
+            for (int f = t; f < EA_NMS_TPB * later; f += blockDim.x) {
                 const int k = f / later;
-                if (!((kept >> k) & 1ULL)) continue;
                 const int c = nb + 1 + f % later;
                 const unsigned long long w = mask[(nb * EA_NMS_TPB + k) * col_blocks + c];
-                if (w) atomicOr(&remv[c], w);
+                if (((kept >> k) & 1ULL) && w) atomicOr(&remv[c], w);
             }
         }
         __syncthreads();
+        if (t == 0) count = total;  // read again only after the next tile's first barrier
+        if (total >= max_out) break;  // uniform: every thread computed the same total
     }
     if (threadIdx.x == 0) out[0] = count;
 }
