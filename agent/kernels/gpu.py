@@ -21,8 +21,8 @@ Typical use in the engine thread::
 import numpy as np
 
 from agent.errors import BackendUnavailable
-from agent.kernels import (DECODE_MAX_GRID, DECODE_TPB, NMS_KEEP_TPB, NMS_MAX_BOXES, NMS_SORT_TPB, NMS_TPB, PRE_MAX_GRID,
-                           PRE_TPB, SOURCES, cdiv, letterbox_params, source_path)
+from agent.kernels import (DECODE_MAX_GRID, DECODE_TPB, NMS_KEEP_TPB, NMS_MAX_BOXES, NMS_SORT_TPB, NMS_TPB,
+                           PRE_MAX_GRID, PRE_TPB, SOURCES, cdiv, letterbox_params, source_path)
 
 _i32 = np.int32
 _f32 = np.float32
