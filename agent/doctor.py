@@ -246,6 +246,47 @@ def check_engines(config):
     return _check("engines", OK, detail)
 
 
+def check_kernels(config):
+    """The fused GPU path's CUDA kernels: compiled beside the engines, or an nvcc to compile them once."""
+    from .backends.base import resolve_backend_name
+
+    try:
+        backend = resolve_backend_name(config.backend)
+    except Exception:  # reported by the backend checks
+        backend = config.backend
+    if backend != "tensorrt":
+        return _check("cuda kernels", OK, "not used (backend {})".format(backend))
+    from . import engines
+    from .kernels import build
+
+    sizes = sorted(config.sizes) if config.size == "auto" else [config.size]
+    ccs = set()
+    for size in sizes:
+        try:
+            _, manifest, _ = engines.status(engines.spec_from_config(config, size, backend))
+        except Exception:  # reported by check_engines
+            manifest = None
+        cc = (manifest or {}).get("device", {}).get("compute_capability")
+        if cc:
+            ccs.add(cc)
+    cache = os.path.join(config.engines_dir, "kernels")
+    missing = []
+    for cc in sorted(ccs):
+        try:
+            build.load_kernels(cc, cache_dir=cache, compile_if_missing=False)
+        except build.KernelBuildError:
+            missing.append(cc)
+    if ccs and not missing:
+        return _check("cuda kernels", OK, "compiled for compute capability {} in {}".format(", ".join(sorted(ccs)),
+                                                                                            cache))
+    if shutil.which("nvcc"):
+        return _check("cuda kernels", OK, "not compiled yet; nvcc is on PATH: build-engine or the first start "
+                                          "compiles them")
+    return _check("cuda kernels", WARN, "not compiled in {} and no nvcc on PATH: the TensorRT backend "
+                                        "post-processes on the CPU".format(cache),
+                  "PATH=/usr/local/cuda/bin:$PATH edge-agent build-engine --size all (compiles them once)")
+
+
 def check_jetson():
     """L4T release, power mode and clocks; only on a Jetson."""
     release = None
@@ -289,7 +330,7 @@ def run_checks(config):
     checks = [check_python(), check_numpy(), check_opencv(config), check_onnxruntime(config),
               check_tensorrt(config), check_pycuda(config), check_cuda(config), check_models(config)]
     checks += [check_camera(cam) for cam in config.cameras]
-    checks += [check_broker(config), check_engines(config)]
+    checks += [check_broker(config), check_engines(config), check_kernels(config)]
     checks += check_jetson()
     checks.append(check_health())
     return checks

@@ -1,6 +1,8 @@
 """edge-agent doctor on this CPU-only machine: GPU parts missing with fixes, exit code by backend."""
 
 import json
+import os
+import shutil
 
 import pytest
 
@@ -30,6 +32,7 @@ def test_doctor_cpu_box_auto_backend(config_file):
     assert checks["onnxruntime"]["level"] == "OK"
     assert checks["camera cam0"]["level"] == "OK"
     assert checks["engines"]["level"] == "OK"
+    assert checks["cuda kernels"]["level"] == "OK" and "not used" in checks["cuda kernels"]["detail"]
     text = run_cli(["doctor", "--config", config_file("auto")], timeout=60)
     assert text.returncode == 0
     assert any(l.startswith("WARN tensorrt") and "fix:" in l for l in text.stdout.splitlines())
@@ -41,6 +44,15 @@ def test_doctor_tensorrt_backend_blocks(config_file):
     checks = _checks(res)
     assert checks["tensorrt"]["level"] == "FAIL" and checks["tensorrt"]["blocking"]
     assert checks["pycuda"]["blocking"]
+    # No engine yet, so no GPU to compile for: nvcc on PATH is enough, none is a warning with the fix.
+    kernels = checks["cuda kernels"]
+    if shutil.which("nvcc"):
+        assert kernels["level"] == "OK" and "nvcc is on PATH" in kernels["detail"], kernels
+    env = {"PATH": os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                   if not os.path.isfile(os.path.join(p, "nvcc")))}
+    kernels = _checks(run_cli(["doctor", "--json", "--config", config_file("tensorrt")], env=env, timeout=60))[
+        "cuda kernels"]
+    assert kernels["level"] == "WARN" and "no nvcc" in kernels["detail"] and "build-engine" in kernels["fix"], kernels
 
 
 def test_doctor_broker_down_warns(tmp_path, config_file, broker):
