@@ -257,7 +257,6 @@ def check_kernels(config):
     if backend != "tensorrt":
         return _check("cuda kernels", OK, "not used (backend {})".format(backend))
     from . import engines
-    from .kernels import build
 
     sizes = sorted(config.sizes) if config.size == "auto" else [config.size]
     ccs = set()
@@ -269,14 +268,8 @@ def check_kernels(config):
         cc = (manifest or {}).get("device", {}).get("compute_capability")
         if cc:
             ccs.add(cc)
-    cache = os.path.join(config.engines_dir, "kernels")
-    missing = []
-    for cc in sorted(ccs):
-        try:
-            build.load_kernels(cc, cache_dir=cache, compile_if_missing=False)
-        except build.KernelBuildError:
-            missing.append(cc)
-    if ccs and not missing:
+    cache = engines.kernels_dir(config.engines_dir)
+    if ccs and all(engines.cached_kernels(config.engines_dir, cc) is not None for cc in ccs):
         return _check("cuda kernels", OK, "compiled for compute capability {} in {}".format(", ".join(sorted(ccs)),
                                                                                             cache))
     if shutil.which("nvcc"):

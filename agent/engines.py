@@ -398,6 +398,22 @@ def build(spec, progress=None, force=False, writer=None):
     return path, manifest, True
 
 
+def kernels_dir(engines_dir):
+    """Where build-engine puts the CUDA kernels for the engines of ``engines_dir``."""
+    return os.path.join(engines_dir, "kernels")
+
+
+def cached_kernels(engines_dir, compute_capability):
+    """Paths of the kernels compiled beside the engines for this compute capability, or None."""
+    from .kernels import build as kernel_build
+
+    try:
+        return kernel_build.load_kernels(compute_capability, cache_dir=kernels_dir(engines_dir),
+                                         compile_if_missing=False)
+    except kernel_build.KernelBuildError:
+        return None
+
+
 def compile_kernels_for(engines_dir, manifest, progress=None, nvcc="nvcc"):
     """Compile the CUDA kernels for a TensorRT engine's GPU into ``<engines_dir>/kernels``, once.
 
@@ -412,11 +428,10 @@ def compile_kernels_for(engines_dir, manifest, progress=None, nvcc="nvcc"):
     cc = (manifest or {}).get("device", {}).get("compute_capability")
     if not cc:
         return None
-    cache = os.path.join(engines_dir, "kernels")
-    try:
-        return kernel_build.load_kernels(cc, cache_dir=cache, compile_if_missing=False)
-    except kernel_build.KernelBuildError:
-        pass
+    paths = cached_kernels(engines_dir, cc)
+    if paths is not None:
+        return paths
+    cache = kernels_dir(engines_dir)
     emit("compiling the CUDA kernels for compute capability {} into {}".format(cc, cache))
     try:
         return kernel_build.compile_kernels(cache, kernel_build.normalize_arch(cc), nvcc=nvcc)

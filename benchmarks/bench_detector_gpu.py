@@ -33,7 +33,6 @@ import importlib.util
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -47,6 +46,7 @@ from agent.kernels.detector import GpuDetector  # noqa: E402
 from agent.postprocess.decode import AnchorDecoder  # noqa: E402
 from agent.postprocess.nms import postprocess  # noqa: E402
 from agent.preprocess import Letterbox, to_frame  # noqa: E402
+from bench_kernels_gpu import sample_ms  # noqa: E402  (this folder is on sys.path: scripts run from it)
 
 
 def _host_runtime(tmp):
@@ -123,15 +123,8 @@ def scene(rng, w, h, shapes=12):
 
 
 def timed(fn, sync, frames, warmup):
-    for _ in range(warmup):
-        fn()
-    sync()
-    t = []
-    for _ in range(frames):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        t.append((time.perf_counter() - t0) * 1e3)
+    """(p50, p95) wall ms of synchronized calls."""
+    t = sample_ms(fn, sync, frames, warmup)
     return float(np.percentile(t, 50)), float(np.percentile(t, 95))
 
 

@@ -26,7 +26,8 @@ from agent.kernels import gpu  # noqa: E402
 from agent.postprocess.nms import nms as nms_ref  # noqa: E402
 
 
-def timeit(fn, sync, iters, warmup):
+def sample_ms(fn, sync, iters, warmup):
+    """Wall ms of ``iters`` synchronized calls after ``warmup`` untimed ones (bench_detector_gpu uses it too)."""
     for _ in range(warmup):
         fn()
     sync()
@@ -35,8 +36,12 @@ def timeit(fn, sync, iters, warmup):
         t0 = time.perf_counter()
         fn()
         sync()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def timeit(fn, sync, iters, warmup):
+    return float(np.median(sample_ms(fn, sync, iters, warmup)))
 
 
 class EventRuntime(gpu.CupyRuntime):

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from .. import trt_compat
-from ..engines import verify_artifact
+from ..engines import cached_kernels, verify_artifact
 from ..errors import BackendUnavailable, EngineError
 from .base import Backend, TensorSpec
 
@@ -190,11 +190,10 @@ class TensorRTBackend(Backend):
         out_shape = self.outputs[0].shape
         in_shape = self.inputs[0].shape
         try:
-            # Cubins beside the engines (built once per device), else the user kernel cache.
-            cache = os.path.join(os.path.dirname(os.path.abspath(self.engine_path)), "kernels")
-            try:
-                paths = build.load_kernels(device.compute_capability(), cache_dir=cache, compile_if_missing=False)
-            except build.KernelBuildError:
+            # Cubins beside the engines (compiled by build-engine), else the user kernel cache.
+            engines_dir = os.path.dirname(os.path.abspath(self.engine_path))
+            paths = cached_kernels(engines_dir, device.compute_capability())
+            if paths is None:
                 paths = build.load_kernels(device.compute_capability())  # compiles once when nothing is cached
             rt = PycudaRuntime(self._stream)
             self._detector = GpuDetector(rt, load_modules(rt, paths), in_shape[3], in_shape[2], out_shape[1] - 4,

@@ -1,8 +1,8 @@
 """The fused GPU detector of issue 7: frame in, final detections out, everything between on the device.
 
 ``GpuDetector.detect(image, detection)`` uploads the BGR frame from a pinned host
-buffer (on Jetson, ``mapped_frame``: the kernel reads it in place), letterboxes it straight into the engine's input buffer (GpuPreprocess),
-runs the engine (``execute()``, a callable the backend supplies), decodes the
+buffer (on Jetson, ``mapped_frame``: the kernel reads it in place), letterboxes it
+straight into the engine's input buffer (GpuPreprocess), runs the engine (``execute()``, a callable the backend supplies), decodes the
 YOLOv8 ``[1, 4+nc, N]`` output and runs NMS on the device (GpuDecode, GpuNms).
 What crosses back to the host: the candidate count, then the kept count and the
 kept detections (box, score, class: 24 bytes each), gathered by the NMS kernel;

@@ -360,7 +360,9 @@ class GpuPreprocess(object):
         frame = np.ascontiguousarray(frame)
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             raise ValueError("preprocess: expected HxWx3 uint8, got {} {}".format(frame.dtype, frame.shape))
-        if frame.nbytes > self.max_frame_bytes or self.frame is None:
+        if self.frame is None:
+            raise ValueError("preprocess: no device frame buffer (frame_buffer=False): pass frames to run_device")
+        if frame.nbytes > self.max_frame_bytes:
             raise ValueError("preprocess: frame {}x{} exceeds the buffer".format(frame.shape[1], frame.shape[0]))
         self.rt.htod(self.rt.ptr(self.frame), frame)
         return self.run_device(self.rt.ptr(self.frame), frame.shape[1], frame.shape[0], frame.strides[0])

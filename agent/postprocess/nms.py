@@ -35,8 +35,9 @@ Algorithm: two exact strategies, picked by how the boxes look.
 The sweep's first step counts the pairs of boxes that meet in x; up to 32 per box
 the sweep runs, above that the batched loop, which hands over to the sweep when a
 batch suppresses under 10 % of the boxes it is compared with (the boxes left are
-all ranked below the ones kept, so the hand-over is exact). Both compute the same IoU the same way, so the choice
-changes the time only (tests/test_nms.py checks both against OpenCV).
+all ranked below the ones kept, so the hand-over is exact). Both decide a pair with
+the same ``_overlap_above``, so the choice changes the time only (tests/test_nms.py
+checks each against OpenCV).
 """
 
 import logging
@@ -62,6 +63,13 @@ def _pairs(ends, start, stop):
     offsets = np.cumsum(counts) - counts
     q = np.arange(total) - np.repeat(offsets - first, counts)
     return p, q
+
+
+def _overlap_above(inter, area_a, area_b, thr32):
+    """OpenCV's test: overlap = 1.f - (float)jaccardDistance > thr, the distance 1 - inter/union in double."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dist = (1.0 - inter / (area_a + area_b - inter)).astype(np.float32)
+    return (np.float32(1.0) - dist) > thr32
 
 
 def _sweep_order(b, cls):
@@ -106,11 +114,7 @@ def _suppression_edges(b, cls, iou_threshold, sweep=None):
         hit = np.flatnonzero(ih > 0)
         p, q, ih = p[hit], q[hit], ih[hit]
         iw = np.minimum(sx2[p], sx2[q]) - np.maximum(sx1[p], sx1[q])
-        inter = iw * ih
-        # OpenCV: overlap = 1.f - (float)jaccardDistance, jaccardDistance = 1 - inter/union in double.
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dist = (1.0 - inter / (sarea[p] + sarea[q] - inter)).astype(np.float32)
-        sup = np.flatnonzero(((np.float32(1.0) - dist) > thr32) & (iw > 0))
+        sup = np.flatnonzero(_overlap_above(iw * ih, sarea[p], sarea[q], thr32) & (iw > 0))
         i, j = xo[p[sup]], xo[q[sup]]
         if cls is not None:
             same = cls[i] == cls[j]
@@ -133,10 +137,7 @@ def _suppresses(b, area, cls, thr32, i, j):
     x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
     iw = np.minimum(x2[i][:, None], x2[j]) - np.maximum(x1[i][:, None], x1[j])
     ih = np.minimum(y2[i][:, None], y2[j]) - np.maximum(y1[i][:, None], y1[j])
-    inter = iw * ih
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dist = (1.0 - inter / (area[i][:, None] + area[j] - inter)).astype(np.float32)
-    sup = ((np.float32(1.0) - dist) > thr32) & (iw > 0) & (ih > 0)
+    sup = _overlap_above(iw * ih, area[i][:, None], area[j], thr32) & (iw > 0) & (ih > 0)
     if cls is not None:
         sup &= cls[i][:, None] == cls[j]
     return sup
@@ -161,8 +162,11 @@ def _sweep(b, cls, iou_threshold, sweep=None):
     return _greedy(len(b), a, c)
 
 
-def _greedy_batched(b, cls, iou_threshold, limit):
-    """Greedy NMS over ranks 0..n-1, _BATCH boxes at a time; hands sparse remainders to the sweep."""
+def _greedy_batched(b, cls, iou_threshold, limit, sweep):
+    """Greedy NMS over ranks 0..n-1, _BATCH boxes at a time; hands sparse remainders to the sweep.
+
+    ``sweep`` is ``_sweep_order(b, cls)``, already computed by the caller.
+    """
     n = len(b)
     w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
     area = np.where((w > 0) & (h > 0), w * h, 0.0)
@@ -173,7 +177,7 @@ def _greedy_batched(b, cls, iou_threshold, limit):
         head, rest = alive[:_BATCH], alive[_BATCH:]
         removed = _resolve(_suppresses(b, area, cls, thr32, head, head))
         if not keep and rest.size and removed.sum() < _SPARSE * len(head):
-            return _sweep(b, cls, iou_threshold)  # sparse from the start: skip the batches
+            return _sweep(b, cls, iou_threshold, sweep)  # sparse from the start: skip the batches
         kept = head[~removed]
         keep.append(kept)
         if rest.size and kept.size:
@@ -233,7 +237,7 @@ def nms(boxes, scores, iou_threshold, class_ids=None, class_agnostic=False, max_
     if sweep[2][-1] <= _DENSE * n:  # few boxes meet in x: the sweep has little to compare
         keep = _sweep(b, cls, iou_threshold, sweep)
     else:
-        keep = _greedy_batched(b, cls, iou_threshold, limit)
+        keep = _greedy_batched(b, cls, iou_threshold, limit, sweep)
     keep = order[keep[:limit]]
     return keep.astype(np.int64)
 
