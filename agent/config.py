@@ -20,6 +20,37 @@ ENV_PREFIX = "EDGE_AGENT_"
 DEFAULT_CONFIG_PATH = "/etc/edge-agent/config.yaml"
 SCHEMA_VERSION = 1
 
+# Every environment variable the agent or its unit reads, in one place (docs/service.md
+# shows it; tests check the unit against it). A name ending in "*" is a prefix. Under
+# EDGE_AGENT_, only names not listed here are configuration keys.
+ENVIRONMENT = (
+    # (name, who reads it, what it means)
+    ("EDGE_AGENT_<KEY>", "agent (config)", "a configuration key: EDGE_AGENT_SIZE=accurate, "
+                                           "EDGE_AGENT_MQTT__URL=mqtt://host (__ nests)"),
+    ("EDGE_AGENT_MQTT_PASSWORD", "agent", "the broker password when mqtt.password_file is unset (never logged)"),
+    ("EDGE_AGENT_KERNEL_CACHE", "agent", "where compiled CUDA kernels are cached (the unit: /var/cache/edge-agent)"),
+    ("EDGE_AGENT_CLI_*", "click", "defaults for command-line options: EDGE_AGENT_CLI_RUN_SIZE=accurate"),
+    ("STATE_DIRECTORY", "agent, from systemd", "state_dir and engines_dir when they are not configured"),
+    ("NOTIFY_SOCKET", "agent, from systemd", "where READY=1, STATUS=, WATCHDOG=1 go (Type=notify)"),
+    ("WATCHDOG_USEC", "agent, from systemd", "the watchdog interval (WatchdogSec=)"),
+    ("WATCHDOG_PID", "agent, from systemd", "the process the watchdog is meant for"),
+    ("XDG_CACHE_HOME", "agent", "the kernel cache outside the service (default ~/.cache)"),
+    ("OPENCV_FFMPEG_CAPTURE_OPTIONS", "OpenCV", "FFmpeg options for RTSP (the agent defaults it to TCP)"),
+    ("CUDA_CACHE_PATH", "CUDA", "the PTX JIT cache (the unit: /var/cache/edge-agent/cuda; no home)"),
+    ("OPENBLAS_CORETYPE", "OpenBLAS", "ARMV8 on JetPack 4: numpy 1.19.5 dies with SIGILL on Xavier without it"),
+    ("PYTHONUNBUFFERED", "Python", "1 in the unit: log lines reach the journal at once"),
+    ("PATH", "agent", "nvcc (the Jetson drop-in adds /usr/local/cuda/bin)"),
+    ("TMPDIR", "nvcc", "nvcc's temporary files"),
+)
+_NOT_CONFIG = tuple(name for name, _, _ in ENVIRONMENT if name.startswith(ENV_PREFIX) and "<" not in name)
+
+
+def is_config_variable(name):
+    """True if environment variable ``name`` is a configuration override (EDGE_AGENT_<KEY>)."""
+    if not name.startswith(ENV_PREFIX):
+        return False
+    return not any(name.startswith(n[:-1]) if n.endswith("*") else name == n for n in _NOT_CONFIG)
+
 
 def _opt(default, check=None, choices=None):
     """A dataclass field with an optional validity check ``(predicate, 'description')``."""
@@ -190,8 +221,8 @@ def default_sizes():
 
 
 def default_cameras():
-    """One camera: the generated demo video, paced in real time."""
-    return [{"id": "cam0", "source": data_path("data", "demo", "demo.mp4")}]
+    """One camera: the generated demo video, paced in real time and looped (a service runs on)."""
+    return [{"id": "cam0", "source": data_path("data", "demo", "demo.mp4"), "loop": True}]
 
 
 # --- generic loading -------------------------------------------------------------------------
@@ -294,14 +325,34 @@ def _merge(base, override):
     return out
 
 
+def _key_error(cls, path):
+    """Why the key ``path`` (its parts, lower case) is not a configuration key, or None."""
+    for i, part in enumerate(path):
+        if _origin(cls) is dict:  # a name the user chose: sizes.<name>
+            cls = cls.__args__[1]
+            continue
+        if not dataclasses.is_dataclass(cls):
+            return "{} has no sub-keys".format(".".join(path[:i]))
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        if part not in fields:
+            return "{} is not a configuration key (known: {})".format(".".join(path[:i + 1]), ", ".join(sorted(fields)))
+        cls = fields[part]
+        if _origin(cls) is Union:
+            cls = next(a for a in cls.__args__ if a is not type(None))
+    return None
+
+
 def _env_overrides(environ):
     import yaml
 
     out = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in ("EDGE_AGENT_MQTT_PASSWORD",):
+    for name, raw in sorted(environ.items()):
+        if not is_config_variable(name):
             continue
         path = name[len(ENV_PREFIX):].lower().split("__")
+        problem = _key_error(AgentConfig, path)
+        if problem:
+            raise ConfigError("{} (environment): {}".format(name, problem))
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:

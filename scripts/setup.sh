@@ -1,23 +1,44 @@
 #!/usr/bin/env bash
 # One-time set-up of a development/demo machine (CPU backend). Idempotent.
 #   - mosquitto (the local broker the demo and the tests use) from the distribution
-#   - the agent, editable, with the CPU extras (ONNX Runtime, pip OpenCV) and test tools
+#   - a project venv, .venv, made from $PYTHON (default python3: the distribution's on a stock
+#     Debian/Ubuntu, where PEP 668 forbids pip outside a venv), remade when $PYTHON changes
+#   - the agent in it, editable, with the CPU extras (ONNX Runtime, pip OpenCV) and test tools
 #   - the demo video, generated from a seed (the demo models are committed)
+# Prints nothing on stdout but the venv's python (for the callers: PY=$(scripts/setup.sh)).
 # On a Jetson use docs/service.md instead: JetPack's OpenCV and TensorRT must not be
 # shadowed by pip's opencv-python.
 set -euo pipefail
-export PIP_ROOT_USER_ACTION=ignore
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+exec 3>&1 1>&2  # progress to stderr
+if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+apt_install() {
+  [ -n "${APT_UPDATED:-}" ] || { $SUDO apt-get update -qq; APT_UPDATED=1; }
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+BASE=${PYTHON:-python3}
 what=${1:-demo}   # demo | test
 
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   echo "setup: installing mosquitto (apt-get)"
-  $SUDO apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+  apt_install mosquitto mosquitto-clients
 fi
 export PATH="$PATH:/usr/sbin"
+
+base=$("$BASE" -c 'import os, sys; print(os.path.realpath(sys.executable))')
+if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.base 2>/dev/null)" != "$base" ]; then
+  if ! "$BASE" -c 'import ensurepip, venv' 2>/dev/null; then
+    echo "setup: installing python3-venv (apt-get; Debian ships venv's pip separately)"
+    apt_install python3-venv
+  fi
+  echo "setup: creating .venv from $base"
+  rm -rf .venv
+  "$BASE" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  echo "$base" > .venv/.base
+fi
+PY=.venv/bin/python
 
 extras="cpu,eval"
 [ "$what" = test ] && extras="cpu,eval,dev"
@@ -27,9 +48,8 @@ $PY -m pip install -q --disable-pip-version-check -e ".[$extras]"
 if [ "$what" = test ]; then
   # systemd-analyze checks the unit; torch runs the training smoke test (CPU build).
   if ! command -v systemd-analyze >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-    echo "setup: installing systemd (for systemd-analyze)"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null || true
+    echo "setup: installing systemd (for systemd-analyze and the service tests)"
+    apt_install systemd || true
   fi
   $PY -m pip install -q --disable-pip-version-check --no-deps tensorrt-stubs
   $PY -c "import torch" 2>/dev/null || $PY -m pip install -q --disable-pip-version-check "torch==2.13.0"
@@ -46,3 +66,4 @@ if [ ! -s data/demo/val/instances.json ]; then
   $PY scripts/make_dataset.py --out data/demo --train 0
 fi
 echo "setup: done"
+echo "$PWD/.venv/bin/python" >&3

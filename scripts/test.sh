@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The test suite on a fresh machine: set up (mosquitto, the agent, test tools, torch CPU),
-# then the static checks and pytest. Extra arguments go to pytest.
+# The test suite on a fresh machine: set up (mosquitto, .venv with the agent, test tools,
+# torch CPU), then the static checks and pytest. Extra arguments go to pytest.
+# PYTHON picks the interpreter .venv is made from (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-scripts/setup.sh test
+PY=$(scripts/setup.sh test)
 export PATH="$PATH:/usr/sbin"
 echo "check: runtime code parses on Python 3.6 (vermin)"
 $PY -c "import sys, vermin; sys.argv[0] = 'vermin'; sys.exit(vermin.main())" \

@@ -29,6 +29,7 @@ CONFIG_DIR = "/etc/edge-agent"
 STATE_DIR = "/var/lib/edge-agent"
 CACHE_DIR = "/var/cache/edge-agent"
 NOLOGIN = "/usr/sbin/nologin"
+VENV_MARKER = ".edge-agent-venv"  # scripts/install.sh made this venv: --purge removes it
 
 
 def _p(root, path):
@@ -241,6 +242,8 @@ def uninstall(root="/", purge=False):
         for path in (CONFIG_DIR, STATE_DIR, CACHE_DIR):
             shutil.rmtree(_p(root, path), ignore_errors=True)
         _remove_user(root)
+        if root == "/" and os.path.isfile(os.path.join(sys.prefix, VENV_MARKER)):
+            shutil.rmtree(sys.prefix, ignore_errors=True)  # the venv scripts/install.sh made for us
     if root == "/":
         _run(["systemctl", "daemon-reload"])
 
@@ -267,7 +270,8 @@ def install_service(root, exec_path, no_enable, no_start, jetson):
 
 @click.command("uninstall-service")
 @root_option
-@click.option("--purge", is_flag=True, help="Also remove config, engines, caches and the edge-agent user.")
+@click.option("--purge", is_flag=True, help="Also remove config, engines, caches, the edge-agent user and "
+                                            "the venv scripts/install.sh made.")
 def uninstall_service(root, purge):
     """Stop and remove the systemd service (config and engines stay unless --purge)."""
     if os.path.abspath(root) == "/" and os.geteuid() != 0:
