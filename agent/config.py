@@ -342,17 +342,28 @@ def _key_error(cls, path):
     return None
 
 
+def env_problems(environ):
+    """One message per EDGE_AGENT_ variable in ``environ`` that is neither documented nor a config key."""
+    out = []
+    for name in sorted(environ):
+        if is_config_variable(name):
+            problem = _key_error(AgentConfig, name[len(ENV_PREFIX):].lower().split("__"))
+            if problem:
+                out.append("{} (environment): {}".format(name, problem))
+    return out
+
+
 def _env_overrides(environ):
     import yaml
 
+    problems = env_problems(environ)
+    if problems:
+        raise ConfigError(problems[0])
     out = {}
     for name, raw in sorted(environ.items()):
         if not is_config_variable(name):
             continue
         path = name[len(ENV_PREFIX):].lower().split("__")
-        problem = _key_error(AgentConfig, path)
-        if problem:
-            raise ConfigError("{} (environment): {}".format(name, problem))
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
@@ -392,25 +403,26 @@ def load_config(path=None, overrides=None, environ=None, check_files=True):
         if "sizes" in user and isinstance(user["sizes"], dict):
             data["sizes"] = {}  # the user's sizes replace the demo ones
         data = _merge(data, user)
-    data = _merge(data, _env_overrides(os.environ if environ is None else environ))
+    environ = os.environ if environ is None else environ
+    data = _merge(data, _env_overrides(environ))
     if overrides:
         data = _merge(data, overrides)
     config = _build(AgentConfig, data, "")
-    config = _fill_derived(config)
+    config = _fill_derived(config, environ)
     validate(config, check_files=check_files)
     return config
 
 
-def _fill_derived(config):
+def _fill_derived(config, environ):
     changes = {}
     if not config.device_id:
         changes["device_id"] = socket.gethostname() or "edge-agent"
-    state = config.state_dir or os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    state = config.state_dir or environ.get("STATE_DIRECTORY", "").split(":")[0]
     if not state:
         state = os.path.join(os.path.expanduser("~"), ".local", "state", "edge-agent")
     changes["state_dir"] = state
     if not config.engines_dir:
-        if os.environ.get("STATE_DIRECTORY"):
+        if environ.get("STATE_DIRECTORY"):
             changes["engines_dir"] = os.path.join(state, "engines")
         else:
             changes["engines_dir"] = data_path("engines")

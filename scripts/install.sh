@@ -24,11 +24,13 @@ done
 # The service user must be able to execute the interpreter behind the venv: the unit has
 # ProtectHome=yes, and /root and /home/* are not readable by it anyway (203/EXEC).
 command -v "$PY" >/dev/null 2>&1 || die "no $PY: install the distribution's python3 (apt-get install python3), or set PYTHON"
-real=$("$PY" -c 'import os, sys; print(os.path.realpath(sys.executable))')
-case $real in
-    /root/*|/home/*|/run/user/*)
-        die "$PY is $real, which the service cannot execute (ProtectHome=yes): use the distribution's python3 (PYTHON=/usr/bin/python3)" ;;
-esac
+# The venv's python links to the path we call it by, so that path and the real file count.
+for p in "$(command -v "$PY")" "$("$PY" -c 'import os, sys; print(os.path.realpath(sys.executable))')"; do
+    case $p in
+        /root/*|/home/*|/run/user/*)
+            die "$PY is $p, which the service cannot execute (ProtectHome=yes): use the distribution's python3 (PYTHON=/usr/bin/python3)" ;;
+    esac
+done
 if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then
     # Debian and Ubuntu ship venv's pip bootstrap separately.
     command -v apt-get >/dev/null 2>&1 || die "$PY cannot create venvs: install its venv module"

@@ -3,6 +3,12 @@
 import dataclasses
 import os
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
 
 import yaml
 
@@ -101,3 +107,48 @@ def test_config_example_is_valid_and_complete(tmp_path):
 
     assert _missing_keys(CameraConfig, data["cameras"][0]) == []
     assert _missing_keys(SizeConfig, data["sizes"]["fast"]) == []
+
+
+# --- scripts/install.sh: what it refuses, before anything is installed -------------------------
+
+INSTALL_SH = os.path.join(ROOT, "scripts", "install.sh")
+
+
+def _install_sh(tmp_path, root, python="/usr/bin/python3"):
+    env = dict(os.environ, VENV=str(tmp_path / "venv"), PYTHON=python)
+    return subprocess.run(["sh", INSTALL_SH, "--root", str(root)], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+
+
+def _nothing_installed(tmp_path, root):
+    return not (tmp_path / "venv").exists() and not (root / UNIT).exists()
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="needs the distribution's /usr/bin/python3")
+def test_install_sh_on_a_jetson_without_tensorrt_refuses_in_one_line(tmp_path):
+    root = tmp_path / "l4t"  # a fake L4T root: the release file, and no TensorRT bindings here
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "nv_tegra_release").write_text("# R32 (release), REVISION: 7.1, GCID: 29818004, BOARD: t186ref\n")
+    res = _install_sh(tmp_path, root)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [
+        "install.sh: TensorRT's Python bindings are missing: sudo apt-get install python3-libnvinfer (JetPack), "
+        "then run this again"]
+    assert _nothing_installed(tmp_path, root)
+
+
+def test_install_sh_refuses_an_interpreter_the_service_cannot_reach(tmp_path):
+    home = tempfile.mkdtemp(dir="/root") if os.access("/root", os.W_OK) else None
+    if home is None:
+        pytest.skip("needs a writable /root (runs as root in CI)")
+    try:
+        python = os.path.join(home, "python3")  # what a pyenv or conda interpreter looks like
+        os.symlink(sys.executable, python)
+        root = tmp_path / "root"
+        res = _install_sh(tmp_path, root, python)
+        assert res.returncode == 1
+        assert res.stderr.startswith("install.sh: {} is {}, which the service cannot execute (ProtectHome=yes)".format(
+            python, python))
+        assert _nothing_installed(tmp_path, root)
+    finally:
+        shutil.rmtree(home)

@@ -229,6 +229,48 @@ def test_stop_is_quick_and_clean(systemd, installed):
     assert elapsed <= 20.0, elapsed
 
 
+DOCTOR = ["/opt/edge-agent/bin/edge-agent", "doctor"]
+DROPIN = "/etc/systemd/system/edge-agent.service.d/test.conf"
+
+
+@pytest.mark.parametrize("dropin, config, line, systemd_says", [
+    # A venv from an interpreter under /root (pyenv, conda).
+    ("[Service]\nExecStart=\nExecStart=/root/venv/bin/edge-agent run\n", "",
+     "FAIL service exec   /root/venv/bin/edge-agent is /root/venv/bin/edge-agent under /home, /root or /run/user",
+     "status=203/EXEC"),
+    # The variable that once made every start exit 78, misspelt.
+    ("[Service]\nEnvironment=EDGE_AGENT_KERNEL_CACHES=/var/cache/edge-agent/kernels\n", "",
+     "FAIL environment    the unit's Environment=: EDGE_AGENT_KERNEL_CACHES (environment): kernel_caches is not a "
+     "configuration key", "status=78/CONFIG"),
+    ("", "engines_dir: /opt/engines\n",
+     "FAIL service dirs   engines_dir /opt/engines is read-only for the service (ProtectSystem=strict", None),
+    ("", "cameras:\n  - {id: cam0, source: /opt/edge-agent/video.mp4}\n",
+     "FAIL service files  cameras[id=cam0].source /opt/edge-agent/video.mp4 is not readable by user edge-agent",
+     None),
+], ids=["interpreter-under-root", "unknown-variable", "engines-dir-read-only", "source-unreadable"])
+def test_doctor_finds_what_would_stop_the_service(systemd, installed, dropin, config, line, systemd_says):
+    ok = systemd.run(DOCTOR)
+    for name in ("service exec", "service dirs", "service files", "environment"):
+        assert "OK   {:<14}".format(name) in ok
+    if config:
+        systemd.sh("cp /opt/edge-agent/share/edge-agent/data/demo/demo.mp4 /opt/edge-agent/video.mp4 && "
+                   "chmod 0600 /opt/edge-agent/video.mp4 && mkdir -p /opt/engines")
+        systemd.write_config(config)
+    if dropin:
+        systemd.sh("mkdir -p $(dirname {0}) && cat > {0} && systemctl daemon-reload".format(DROPIN), input=dropin)
+    try:
+        report = systemd.run(DOCTOR, check=False)
+        assert line in report
+        assert report.rstrip().endswith("blocking problem(s)")
+        if systemd_says:  # doctor said it before systemd did
+            systemd.run(["systemctl", "reset-failed", UNIT])
+            systemd.run(["systemctl", "restart", UNIT], check=False)
+            systemd.wait(systemd_says, lambda: any(systemd_says in l for l in systemd.journal()), 30)
+    finally:
+        systemd.sh("rm -f {} /opt/edge-agent/video.mp4; systemctl daemon-reload; systemctl reset-failed".format(DROPIN))
+        systemd.write_config("")
+
+
 def test_uninstall_purge_leaves_nothing_behind(systemd, installed):
     systemd.run(["/opt/edge-agent/bin/edge-agent", "uninstall-service", "--purge"])
     left = systemd.sh("for p in /etc/systemd/system/edge-agent.service /etc/systemd/system/edge-agent.service.d "

@@ -18,12 +18,18 @@ def doctor(config_path, as_json):
     """
     import os
 
+    from .. import service_checks
+    from ..config import env_problems
     from ..doctor import format_check, run_checks
 
     if config_path is None and os.path.isfile(DEFAULT_CONFIG_PATH):
         config_path = DEFAULT_CONFIG_PATH
-    config = load_config(config_path, check_files=False)
+    # An unknown EDGE_AGENT_* variable is one check among the others, not the end of doctor.
+    environ = {k: v for k, v in os.environ.items() if not env_problems({k: v})}
+    config = load_config(config_path, environ=environ, check_files=False)
     checks = run_checks(config)
+    checks.append(service_checks.check_environment(os.environ, "this shell"))
+    checks += service_checks.run(config_path)
     blocking = [c for c in checks if c.blocking]
     if as_json:
         click.echo(json.dumps({"config": config_path, "ok": not blocking,

@@ -217,6 +217,12 @@ def install(root="/", exec_path=None, enable=True, start=True, jetson=None):
             if not os.path.lexists(link):
                 os.symlink(UNIT_DIR + "/" + UNIT, link)
         return written
+    from ..service_checks import run as service_checks
+
+    blocking = [c for c in service_checks(None) if c.blocking]
+    if blocking:  # what systemd would fail on (203/EXEC, a read-only engines_dir...), said first
+        raise AgentError("the service would not start: " + "; ".join("{} ({})".format(c.detail, c.fix)
+                                                                      for c in blocking))
     _run(["systemctl", "daemon-reload"])
     if enable:
         _run(["systemctl", "enable"] + (["--now"] if start else []) + [UNIT])
