@@ -268,16 +268,31 @@ def check_kernels(config):
         cc = (manifest or {}).get("device", {}).get("compute_capability")
         if cc:
             ccs.add(cc)
+    from .kernels import build as kernel_build
+
     cache = engines.kernels_dir(config.engines_dir)
-    if ccs and all(engines.cached_kernels(config.engines_dir, cc) is not None for cc in ccs):
+    compiled = 0
+    for cc in sorted(ccs):
+        try:
+            kernel_build.load_kernels(cc, cache_dir=cache, compile_if_missing=False)
+            compiled += 1
+        except kernel_build.UnreadableKernels as e:
+            # e.g. build-engine run as root with umask 077: the service would recompile or fall back.
+            return _check("cuda kernels", WARN, str(e), "make them readable (sudo chmod 0644 {}/*) or rerun "
+                                                        "build-engine as the service user".format(cache))
+        except kernel_build.KernelBuildError:
+            pass
+    if ccs and compiled == len(ccs):
         return _check("cuda kernels", OK, "compiled for compute capability {} in {}".format(", ".join(sorted(ccs)),
                                                                                             cache))
-    if shutil.which("nvcc"):
-        return _check("cuda kernels", OK, "not compiled yet; nvcc is on PATH: build-engine or the first start "
-                                          "compiles them")
-    return _check("cuda kernels", WARN, "not compiled in {} and no nvcc on PATH: the TensorRT backend "
-                                        "post-processes on the CPU".format(cache),
-                  "PATH=/usr/local/cuda/bin:$PATH edge-agent build-engine --size all (compiles them once)")
+    nvcc = kernel_build.find_nvcc()
+    if nvcc:
+        return _check("cuda kernels", OK, "not compiled yet; nvcc found ({}): build-engine or the first start "
+                                          "compiles them".format(nvcc))
+    return _check("cuda kernels", WARN, "not compiled in {} and no nvcc (PATH, $CUDA_HOME/bin, {}/bin): the "
+                                        "TensorRT backend post-processes on the CPU".format(
+                                            cache, kernel_build.DEFAULT_CUDA_HOME),
+                  "install the CUDA toolkit, then edge-agent build-engine --size all (compiles them once)")
 
 
 def check_jetson():

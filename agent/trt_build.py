@@ -151,6 +151,7 @@ def _build(trt, cuda, job, emit):
         shape = [1] + list(trt_compat.dims(inputs[0].shape))[1:]
         calibrator = make_calibrator(trt, cuda, images, shape, calib_cache, emit)
         trt_compat.set_calibrator(trt, config, calibrator)
+        trt_compat.set_calibration_profile(trt, builder, config, profile)  # one image per batch
 
     tc_path = timing_cache_path(os.path.dirname(job["scratch"]), trt)
     tc_data = b""

@@ -176,6 +176,25 @@ def add_batch_profile(trt, builder, network, config, batch):
     return out
 
 
+def set_calibration_profile(trt, builder, config, profile):
+    # type: (Any, tensorrt.Builder, tensorrt.IBuilderConfig, Optional[dict]) -> Any
+    """Calibrate INT8 at batch 1 (min = opt = max) when the engine has a dynamic batch profile.
+
+    The calibrator feeds one image per batch; without a calibration profile TensorRT
+    calibrates at the first profile's opt shape and reads opt-batch images from that
+    one-image buffer. ``profile``: add_batch_profile's result (None: static model, nothing
+    to do). set_calibration_profile exists from TensorRT 7.1, our oldest, to 10.x.
+    """
+    if not profile:
+        return None
+    calib = builder.create_optimization_profile()
+    for name in sorted(profile):
+        one = _shape_arg([1] + list(profile[name]["opt"][1:]))
+        calib.set_shape(name, one, one, one)
+    config.set_calibration_profile(calib)
+    return calib
+
+
 def build_serialized(trt, builder, network, config):
     # type: (Any, tensorrt.Builder, tensorrt.INetworkDefinition, tensorrt.IBuilderConfig) -> bytes
     """Build and serialize the engine; raises EngineError when the builder returns nothing."""
@@ -191,6 +210,18 @@ def build_serialized(trt, builder, network, config):
 
 
 # --- running --------------------------------------------------------------------------------
+
+
+def deserialize_engine(trt, runtime, plan, dla_core):
+    # type: (Any, tensorrt.IRuntime, bytes, Optional[int]) -> Optional[tensorrt.ICudaEngine]
+    """Deserialize ``plan`` on the DLA core it was built for (None or -1: GPU only).
+
+    IRuntime.DLA_core must be set before deserializing: an engine built for core 1
+    otherwise runs on the runtime's default core (0, or -1 on some versions).
+    """
+    if dla_core is not None and int(dla_core) >= 0:
+        runtime.DLA_core = int(dla_core)
+    return runtime.deserialize_cuda_engine(plan)
 
 
 def uses_tensor_names(trt):

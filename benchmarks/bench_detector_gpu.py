@@ -22,6 +22,12 @@ tens of microseconds). Before timing, the fused path's detections are checked
 against the CPU decode + NMS of the same engine output (exact), and the script
 exits 1 on a mismatch.
 
+``--zero-copy`` puts the camera frame in mapped pinned memory the preprocess kernel reads
+in place (``tensorrt.zero_copy: true``) instead of uploading it. Whether that wins depends
+on the device (on Jetson the GPU reads mapped memory uncached); to decide the setting on a
+Jetson, run the script twice, with and without ``--zero-copy``, and compare the "fused GPU
+path" and "fused stages: preprocess" rows.
+
 ``--runtime host`` runs everything on the CPU (host-compiled kernels, PyTorch on
 the CPU): a dry run of this script, which tests/test_detector_host.py runs.
 Without ``--ckpt`` the weights are random (the head's prior keeps scores low);
@@ -137,6 +143,7 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--runtime", default="cupy", choices=("cupy", "host"))
     ap.add_argument("--no-graph", action="store_true", help="eager PyTorch instead of a CUDA graph")
+    ap.add_argument("--zero-copy", action="store_true", help="camera frame in mapped host memory (tensorrt.zero_copy)")
     args = ap.parse_args(argv)
 
     import torch
@@ -160,7 +167,7 @@ def main(argv=None):
     s = eng.inp.shape[-1]
     nc, n = eng.out.shape[1] - 4, eng.out.shape[2]
     det = GpuDetector(rt, mods, s, s, nc, n, eng.execute, eng.inp.data_ptr(), eng.out.data_ptr(),
-                      max_frame=(1920, 1080), sync_timing=False)
+                      max_frame=(1920, 1080), sync_timing=False, mapped_frame=args.zero_copy)
     cfg = DetectionConfig()
     decoder = AnchorDecoder("output0", "yolov8", nc)
     letterbox = Letterbox(s, s)
@@ -198,7 +205,8 @@ def main(argv=None):
 
     engine = "demo-{} {}x{} ({}, {})".format(eng.size, s, s, "trained" if args.ckpt else "random weights",
                                              "CUDA graph" if eng.graph is not None else "eager")
-    print("device: {}; engine: {}, PyTorch {}".format(where, engine, torch.__version__))
+    print("device: {}; engine: {}, PyTorch {}; frame {}".format(where, engine, torch.__version__,
+                                                                "mapped (zero-copy)" if args.zero_copy else "uploaded"))
     print("frame 1920x1080, DetectionConfig defaults, {} detections; median / p95 of {} after {} warm-up\n".format(
         len(got[1]), args.frames, args.warmup))
     print("{:<16} {:>9} {:>9} {:>9} {:>12}".format("", "p50 ms", "p95 ms", "vs bare", "overhead ms"))

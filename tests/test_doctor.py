@@ -44,15 +44,34 @@ def test_doctor_tensorrt_backend_blocks(config_file):
     checks = _checks(res)
     assert checks["tensorrt"]["level"] == "FAIL" and checks["tensorrt"]["blocking"]
     assert checks["pycuda"]["blocking"]
-    # No engine yet, so no GPU to compile for: nvcc on PATH is enough, none is a warning with the fix.
+    # No engine yet, so no GPU to compile for: an nvcc is enough, none is a warning with the fix.
     kernels = checks["cuda kernels"]
     if shutil.which("nvcc"):
-        assert kernels["level"] == "OK" and "nvcc is on PATH" in kernels["detail"], kernels
-    env = {"PATH": os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
-                                   if not os.path.isfile(os.path.join(p, "nvcc")))}
+        assert kernels["level"] == "OK" and "nvcc found ({})".format(shutil.which("nvcc")) in kernels["detail"], kernels
+    # sudo's secure_path: no nvcc on PATH, but /usr/local/cuda/bin/nvcc (or $CUDA_HOME/bin/nvcc) is found.
+    env = {"PATH": _path_without_nvcc(), "CUDA_HOME": ""}
     kernels = _checks(run_cli(["doctor", "--json", "--config", config_file("tensorrt")], env=env, timeout=60))[
         "cuda kernels"]
-    assert kernels["level"] == "WARN" and "no nvcc" in kernels["detail"] and "build-engine" in kernels["fix"], kernels
+    if os.access("/usr/local/cuda/bin/nvcc", os.X_OK):
+        assert kernels["level"] == "OK" and "nvcc found (/usr/local/cuda/bin/nvcc)" in kernels["detail"], kernels
+    else:
+        assert kernels["level"] == "WARN" and "no nvcc" in kernels["detail"], kernels
+
+
+def _path_without_nvcc():
+    return os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not os.path.isfile(os.path.join(p, "nvcc")))
+
+
+def test_doctor_kernels_without_any_nvcc_warns_with_the_fix(config_file, monkeypatch):
+    from agent import doctor
+    from agent.config import load_config
+    from agent.kernels import build
+
+    monkeypatch.setenv("PATH", _path_without_nvcc())
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.setattr(build, "DEFAULT_CUDA_HOME", "/nonexistent/cuda")
+    kernels = doctor.check_kernels(load_config(config_file("tensorrt")))
+    assert kernels.level == "WARN" and "no nvcc" in kernels.detail and "build-engine" in kernels.fix, kernels
 
 
 def test_doctor_broker_down_warns(tmp_path, config_file, broker):

@@ -28,9 +28,14 @@ def _ptr(a):
     return None if a is None else a.ctypes.data_as(_P)
 
 
-@pytest.fixture(scope="session")
-def libs(tmp_path_factory):
-    lib = ctypes.CDLL(build.host_library(str(tmp_path_factory.mktemp("kernels_host"))))
+@pytest.fixture(scope="session", params=["newest", "c++17"])
+def libs(request, tmp_path_factory):
+    """The kernels built with the compiler's newest standard, and with C++17 (the shim's path for
+    JetPack's GCC 7.5 / 9.4, see test_platform_facts.py): every test runs against both."""
+    std = None if request.param == "newest" else request.param
+    if std is None and build.host_cxx_std() == "c++17":
+        pytest.skip("this compiler's newest standard is C++17: covered by the c++17 run")
+    lib = ctypes.CDLL(build.host_library(str(tmp_path_factory.mktemp("kernels_host")), std=std))
     out = {"nms": lib, "decode": lib, "preprocess": lib}
     out["nms"].ea_nms_host.argtypes = [_P, _P, _P, ctypes.c_int, ctypes.c_float, _P]
     out["nms"].ea_nms_host.restype = ctypes.c_int

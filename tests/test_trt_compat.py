@@ -233,3 +233,73 @@ def test_stub_only_tensorrt_is_unavailable():
         pytest.skip("the real TensorRT is installed here")
     with pytest.raises(BackendUnavailable, match="tensorrt"):
         trt_compat.import_tensorrt()
+
+
+class RecordingRuntime(object):
+    """A stand-in IRuntime that records attribute sets and calls in order (TensorRT cannot run here)."""
+
+    def __init__(self, logger=None):
+        object.__setattr__(self, "calls", [])
+
+    def __setattr__(self, name, value):
+        self.calls.append(("set", name, value))
+        object.__setattr__(self, name, value)
+
+    def deserialize_cuda_engine(self, plan):
+        self.calls.append(("deserialize_cuda_engine", plan))
+        return "engine"
+
+
+def _fake_trt_module():
+    """What TensorRTBackend's loader touches of the tensorrt module: Logger, plugins, Runtime."""
+    logger = type("Logger", (), {"WARNING": "W", "__init__": lambda self, level: None})
+    return types.SimpleNamespace(__version__="8.5.2.2", Logger=logger, Runtime=RecordingRuntime,
+                                 init_libnvinfer_plugins=lambda logger, namespace: None)
+
+
+@pytest.mark.parametrize("dla_core, expected", [(1, [("set", "DLA_core", 1), ("deserialize_cuda_engine", b"plan")]),
+                                                (0, [("set", "DLA_core", 0), ("deserialize_cuda_engine", b"plan")]),
+                                                (-1, [("deserialize_cuda_engine", b"plan")]),
+                                                (None, [("deserialize_cuda_engine", b"plan")])])
+def test_engine_loads_on_the_dla_core_it_was_built_for(tmp_path, dla_core, expected):
+    """The backend's loader sets IRuntime.DLA_core from the manifest *before* deserializing."""
+    from agent.backends.tensorrt import deserialize
+
+    plan = tmp_path / "fast.engine"
+    plan.write_bytes(b"plan")
+    runtime, engine = deserialize(_fake_trt_module(), str(plan), {"size": "fast", "dla_core": dla_core})
+    assert engine == "engine" and runtime.calls == expected
+
+
+def test_undeserializable_engine_is_an_engine_error(tmp_path):
+    from agent.backends.tensorrt import deserialize
+
+    plan = tmp_path / "fast.engine"
+    plan.write_bytes(b"plan")
+    trt = _fake_trt_module()
+    trt.Runtime = type("R", (RecordingRuntime,), {"deserialize_cuda_engine": lambda self, plan: None})
+    with pytest.raises(EngineError, match="could not deserialize"):
+        deserialize(trt, str(plan), {"size": "fast", "dla_core": -1})
+
+
+def test_int8_calibrates_at_batch_one_under_a_dynamic_profile():
+    """A build profile with opt batch 4 must not make TensorRT calibrate 4 images from the one-image buffer."""
+    calls = []
+    profiles = []
+
+    def new_profile():
+        p = types.SimpleNamespace(set_shape=lambda *a: calls.append(("set_shape", len(profiles)) + a))
+        profiles.append(p)
+        return p
+
+    builder = types.SimpleNamespace(create_optimization_profile=new_profile)
+    config = types.SimpleNamespace(add_optimization_profile=lambda p: calls.append(("add", profiles.index(p))),
+                                   set_calibration_profile=lambda p: calls.append(("calib", profiles.index(p))))
+    network = types.SimpleNamespace(num_inputs=1, get_input=lambda i: types.SimpleNamespace(
+        name="images", shape=(-1, 3, 64, 64)))
+    shapes = trt_compat.add_batch_profile(None, builder, network, config, (1, 4, 8))
+    assert trt_compat.set_calibration_profile(None, builder, config, shapes) is profiles[1]
+    assert calls == [("set_shape", 1, "images", (1, 3, 64, 64), (4, 3, 64, 64), (8, 3, 64, 64)), ("add", 0),
+                     ("set_shape", 2, "images", (1, 3, 64, 64), (1, 3, 64, 64), (1, 3, 64, 64)), ("calib", 1)]
+    del calls[:]
+    assert trt_compat.set_calibration_profile(None, builder, config, None) is None and calls == []

@@ -3,8 +3,9 @@
 The thread that creates the backend owns it: the CUDA context (the device's
 primary context, retained and pushed around every call, never ``pycuda.autoinit``),
 the engine, the execution context, one stream and page-locked host buffers. On an
-integrated GPU (Jetson: CPU and GPU share DRAM) the input, and the camera frame of the
-fused path, are mapped host memory the GPU reads in place, saving a copy each.
+integrated GPU (Jetson: CPU and GPU share DRAM) with ``tensorrt.zero_copy`` on, the input,
+and the camera frame of the fused path, are mapped host memory the GPU reads in place,
+saving a copy each; off (the default until measured on a Xavier) they are copied.
 ``close()`` frees in reverse order and releases the context, so no "context stack was
 not empty" at exit.
 
@@ -62,6 +63,23 @@ def _pop_driver_context(handle):
         log.debug("driver context pop skipped: %s", e)
 
 
+def deserialize(trt, engine_path, manifest):
+    # type: (Any, str, Dict[str, Any]) -> Tuple[Any, Any]
+    """(runtime, engine) for a verified plan, on the DLA core the manifest says it was built for.
+
+    Raises EngineError when TensorRT cannot deserialize it. Needs a current CUDA context.
+    """
+    logger = trt.Logger(trt.Logger.WARNING)
+    trt.init_libnvinfer_plugins(logger, "")
+    runtime = trt.Runtime(logger)
+    with open(engine_path, "rb") as f:
+        engine = trt_compat.deserialize_engine(trt, runtime, f.read(), manifest.get("dla_core"))
+    if engine is None:
+        raise EngineError("{}: TensorRT could not deserialize the engine; run: edge-agent build-engine --size {}"
+                          .format(engine_path, manifest.get("size", "fast")))
+    return runtime, engine
+
+
 class TensorRTBackend(Backend):
     """One TensorRT engine; created, used and closed on one thread."""
 
@@ -117,26 +135,21 @@ class TensorRTBackend(Backend):
     def _load(self, device):
         # type: (Any) -> None
         trt, cuda = self._trt, self._cuda
-        logger = trt.Logger(trt.Logger.WARNING)
-        trt.init_libnvinfer_plugins(logger, "")
-        self._runtime = trt.Runtime(logger)
-        with open(self.engine_path, "rb") as f:
-            self._engine = self._runtime.deserialize_cuda_engine(f.read())
-        if self._engine is None:
-            raise EngineError("{}: TensorRT could not deserialize the engine; run: edge-agent build-engine --size {}"
-                              .format(self.engine_path, self.manifest.get("size", "fast")))
+        self._runtime, self._engine = deserialize(trt, self.engine_path, self.manifest)
         self._context = self._engine.create_execution_context()
         tensors = trt_compat.io_tensors(trt, self._engine)
         for t in tensors:
             if t.is_input and any(d < 0 for d in t.shape):
                 trt_compat.set_input_shape(trt, self._context, t, (1,) + tuple(t.shape[1:]))
         integrated = bool(device.get_attribute(cuda.device_attribute.INTEGRATED))
+        # Mapped memory is read uncached by the GPU: a win or a loss per device, so a setting.
+        zero_copy = integrated and bool(getattr(self.config, "zero_copy", False))  # config: TensorRTConfig
         self._stream = cuda.Stream()
         addresses = []
         for t in tensors:
             shape = trt_compat.context_shape(trt, self._context, t)
             size = int(np.prod(shape))
-            if t.is_input and integrated:
+            if t.is_input and zero_copy:
                 # Jetson: CPU and GPU share DRAM; mapped memory avoids the host->device copy.
                 host = cuda.pagelocked_empty(size, t.dtype, mem_flags=cuda.host_alloc_flags.DEVICEMAP)
                 addr = host.base.get_device_pointer()

@@ -13,6 +13,10 @@
 //     threads on Volta and newer, so early returns do not deadlock the block;
 //   * threadIdx/blockIdx/blockDim/gridDim are thread_local; atomicAdd/atomicMax/atomicOr
 //     use std::atomic_ref; min/max/__ldg are the device overloads' host twins.
+// C++17 is enough (JetPack 4 has GCC 7.5, JetPack 5 GCC 9.4): where the library lacks
+// C++20's std::atomic_ref or atomic wait/notify (feature-test macros, not __cplusplus:
+// libstdc++ 10 has atomic_ref but no wait), the same operations go through the GCC/Clang
+// __atomic builtins and the Linux futex that libstdc++ itself uses underneath.
 // Entry: EA_LAUNCH(kernel, grid, block, args...), used by the extern "C"
 // *_host functions at the end of each .cu file (excluded under nvcc/NVRTC).
 // Under nvcc (__CUDACC__) this header is empty: the .cu files are plain CUDA.
@@ -21,12 +25,21 @@
 #ifndef __CUDACC__
 
 #include <atomic>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
 #include <thread>
 #include <vector>
+#if __has_include(<version>)
+#include <version>
+#endif
+#if !defined(__cpp_lib_atomic_wait) && defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #define __global__
 #define __device__
@@ -47,7 +60,50 @@ inline thread_local dim3 tl_blockDim{1, 1, 1};
 inline thread_local dim3 tl_gridDim{1, 1, 1};
 inline std::mutex launch_mutex;
 
-// Block barrier on atomics with futex sleeps (C++20 atomic wait/notify).
+// Sleep while `a` holds `old` / wake sleepers: std::atomic wait/notify where the library has
+// them, else a futex on the atomic's own word (lock-free, same size as unsigned), else a yield spin.
+static_assert(sizeof(std::atomic<unsigned>) == sizeof(unsigned), "futex on std::atomic<unsigned>");
+inline void wait_while(std::atomic<unsigned>& a, unsigned old, std::memory_order mo = std::memory_order_seq_cst) {
+#if defined(__cpp_lib_atomic_wait)
+    a.wait(old, mo);
+#else
+    while (a.load(mo) == old) {
+#if defined(__linux__)
+        syscall(SYS_futex, reinterpret_cast<unsigned*>(&a), FUTEX_WAIT_PRIVATE, old, nullptr, nullptr, 0);
+#else
+        std::this_thread::yield();
+#endif
+    }
+#endif
+}
+inline void wake(std::atomic<unsigned>& a, bool all) {
+#if defined(__cpp_lib_atomic_wait)
+    if (all) a.notify_all(); else a.notify_one();
+#elif defined(__linux__)
+    syscall(SYS_futex, reinterpret_cast<unsigned*>(&a), FUTEX_WAKE_PRIVATE, all ? INT_MAX : 1, nullptr, nullptr, 0);
+#else
+    (void)a, (void)all;  // the spin in wait_while sees the new value
+#endif
+}
+
+// Atomic read-modify-write on plain memory (a kernel's int* / unsigned long long*).
+#if defined(__cpp_lib_atomic_ref)
+template <class T> inline T fetch_add(T* p, T v) { return std::atomic_ref<T>(*p).fetch_add(v); }
+template <class T> inline T fetch_or(T* p, T v) { return std::atomic_ref<T>(*p).fetch_or(v); }
+template <class T> inline T load(T* p) { return std::atomic_ref<T>(*p).load(); }
+template <class T> inline bool cas_weak(T* p, T& expected, T desired) {
+    return std::atomic_ref<T>(*p).compare_exchange_weak(expected, desired);
+}
+#else
+template <class T> inline T fetch_add(T* p, T v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+template <class T> inline T fetch_or(T* p, T v) { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }
+template <class T> inline T load(T* p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+template <class T> inline bool cas_weak(T* p, T& expected, T desired) {
+    return __atomic_compare_exchange_n(p, &expected, desired, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
+#endif
+
+// Block barrier on atomics with futex sleeps (wait_while/wake above).
 // Not std::barrier: it has no way to re-arm after arrive_and_drop, and a mutex
 // + condition variable convoy made each phase cost ~0.5 ms with 64 threads on
 // 2 cores. `rearm` is reset by the last arriving thread before anyone leaves.
@@ -57,7 +113,7 @@ class BlockBarrier {
     void arrive_and_wait() {
         unsigned phase = phase_.load(std::memory_order_acquire);
         if (arrive(1)) return;
-        while (phase_.load(std::memory_order_acquire) == phase) phase_.wait(phase, std::memory_order_acquire);
+        wait_while(phase_, phase, std::memory_order_acquire);
     }
     void arrive_and_drop() { arrive(0); }  // leave for good (thread exited); may complete the phase
     void reset(unsigned n) {  // only while no thread is inside the barrier
@@ -78,7 +134,7 @@ class BlockBarrier {
         arrived_.store(0);
         if (rearm_) rearm_->reset(n_);
         phase_.fetch_add(1, std::memory_order_release);
-        phase_.notify_all();
+        wake(phase_, true);
         return true;
     }
     std::mutex m_;
@@ -104,19 +160,19 @@ class Pool {
         active_.store(n);
         remaining_.store(n);
         generation_.fetch_add(1, std::memory_order_release);
-        generation_.notify_all();
-        for (unsigned r = remaining_.load(); r != 0; r = remaining_.load()) remaining_.wait(r);
+        wake(generation_, true);
+        for (unsigned r = remaining_.load(); r != 0; r = remaining_.load()) wait_while(remaining_, r);
     }
 
   private:
     void work(unsigned id) {
         unsigned seen = 0;
         for (;;) {
-            generation_.wait(seen, std::memory_order_acquire);
+            wait_while(generation_, seen, std::memory_order_acquire);
             seen = generation_.load(std::memory_order_acquire);
             if (id >= active_.load()) continue;
             fn_(ctx_, id);
-            if (remaining_.fetch_sub(1) == 1) remaining_.notify_one();
+            if (remaining_.fetch_sub(1) == 1) wake(remaining_, false);
         }
     }
     std::vector<std::thread> workers_;
@@ -167,17 +223,12 @@ inline void __syncthreads() { ea_shim::tl_sync->arrive_and_wait(); }
 template <class T>
 inline T __ldg(const T* p) { return *p; }
 
-inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
-inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
-    return std::atomic_ref<unsigned int>(*p).fetch_add(v);
-}
-inline unsigned long long atomicOr(unsigned long long* p, unsigned long long v) {
-    return std::atomic_ref<unsigned long long>(*p).fetch_or(v);
-}
+inline int atomicAdd(int* p, int v) { return ea_shim::fetch_add(p, v); }
+inline unsigned int atomicAdd(unsigned int* p, unsigned int v) { return ea_shim::fetch_add(p, v); }
+inline unsigned long long atomicOr(unsigned long long* p, unsigned long long v) { return ea_shim::fetch_or(p, v); }
 inline int atomicMax(int* p, int v) {
-    std::atomic_ref<int> a(*p);
-    int old = a.load();
-    while (old < v && !a.compare_exchange_weak(old, v)) {
+    int old = ea_shim::load(p);
+    while (old < v && !ea_shim::cas_weak(p, old, v)) {
     }
     return old;
 }

@@ -117,6 +117,15 @@ class CupyRuntime(object):
 
         return cupyx.empty_pinned(shape, dtype)  # pinned, as PycudaRuntime's: copies are truly async
 
+    def host_mapped(self, shape, dtype):
+        """(array, device pointer): mapped pinned memory, as PycudaRuntime's (the benchmark's --zero-copy)."""
+        import numpy as np
+
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        mem = self.cupy.cuda.PinnedMemoryPointer(self.cupy.cuda.PinnedMemory(n, self.rt.hostAllocMapped), 0)
+        arr = np.frombuffer(mem, dtype, int(np.prod(shape))).reshape(shape)
+        return arr, int(self.rt.hostGetDevicePointer(mem.ptr, 0))
+
     def _stream(self):
         return self.cupy.cuda.get_current_stream().ptr
 
