@@ -61,10 +61,19 @@ def csi_pipeline(sensor_id, width=0, height=0, fps=0, flip=0):
 
 
 def rtsp_jetson_pipeline(url, width=0, height=0):
-    """A low-latency RTSP H.264 pipeline decoded by Jetson's NVDEC."""
+    """A low-latency RTSP pipeline for Jetson: H.264 or H.265, decoded by NVDEC.
+
+    The codec is not configured: decodebin reads it from the stream (the SDP) and plugs the
+    matching depayloader and parser, and then nvv4l2decoder, which NVIDIA registers at rank
+    PRIMARY+11, above avdec_* and omx* (DeepStream's uridecodebin relies on the same). A
+    fixed ``rtph264depay ! h264parse ! nvv4l2decoder`` needs the codec up front; parsebin
+    cannot stand in for it, as it settles on avc/hvc1 before the decoder is linked and
+    nvv4l2decoder takes only byte-stream. ``media=video`` keeps a camera's audio track out.
+    A pipeline that must be fixed element by element goes in a gst:// URI.
+    """
     size = ",width={},height={}".format(width, height) if width and height else ""
-    return ('rtspsrc location="{}" latency=0 drop-on-latency=true ! rtph264depay ! h264parse ! '
-            "nvv4l2decoder ! nvvidconv ! video/x-raw,format=BGRx{} ! videoconvert ! "
+    return ('rtspsrc location="{}" latency=0 drop-on-latency=true ! application/x-rtp,media=video ! '
+            "decodebin ! nvvidconv ! video/x-raw,format=BGRx{} ! videoconvert ! "
             "video/x-raw,format=BGR ! {}".format(url, size, APPSINK))
 
 
@@ -133,7 +142,7 @@ class V4l2Source(LiveSource):
 
 
 class RtspSource(LiveSource):
-    """An RTSP stream: NVDEC through GStreamer on Jetson, else FFmpeg with timeouts."""
+    """An RTSP stream (H.264 or H.265): NVDEC through GStreamer on Jetson, else FFmpeg with timeouts."""
 
     def __init__(self, uri, camera):
         LiveSource.__init__(self, redact(uri), camera.stall_timeout_s)  # no password in logs
