@@ -33,12 +33,13 @@ setup(
         "cpu": ["onnxruntime>=1.10", "opencv-python-headless>=4.1"],
         "onnxruntime": ["onnxruntime>=1.10"],
         "opencv": ["opencv-python-headless>=4.1"],
-        "gpu": ["pycuda>=2019.1"],
+        # Device.retain_primary_context (the backend) arrived in pycuda 2020.1; 2022.1 is the last for Python 3.6.
+        "gpu": ['pycuda>=2020.1,<=2022.1; python_version < "3.7"', 'pycuda>=2020.1; python_version >= "3.7"'],
         "eval": ["faster-coco-eval>=1.3; python_version >= '3.7'", "pycocotools>=2.0"],
         "plot": ["matplotlib>=3.0"],
         # tensorrt-stubs is installed with --no-deps by scripts/setup.sh: its dependency
         # (the real TensorRT bindings) is what a CPU machine cannot have.
-        "dev": ["pytest>=6", "jsonschema>=3", "vermin>=1.5", "mypy", "onnx>=1.8", "matplotlib>=3.0"],
+        "dev": ["pytest>=6", "jsonschema>=3", "vermin>=1.5", "mypy", "onnx>=1.8", "matplotlib>=3.0", "hypothesis"],
         "train": ["torch>=1.10", "onnx>=1.8"],
     },
     entry_points={"console_scripts": ["edge-agent=agent.cli:main"]},

@@ -82,7 +82,9 @@ def main(argv=None):
     except AgentError as e:
         if "--debug" in (argv if argv is not None else sys.argv):
             raise
-        click.echo("edge-agent: error: {}".format(e), err=True)
+        # One line whatever the message holds (a key or path with a newline, a NUL, ...).
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))
+        click.echo("edge-agent: error: {}".format(text), err=True)
         return e.exit_code
     except KeyboardInterrupt:
         return 130

@@ -8,11 +8,15 @@ which the CLI turns into exit code 78 before any camera or GPU is opened.
 """
 
 import dataclasses
+import math
 import os
+import reprlib
 import socket
+import stat
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
@@ -28,7 +32,7 @@ ENVIRONMENT = (
     ("EDGE_AGENT_<KEY>", "agent (config)", "a configuration key: EDGE_AGENT_SIZE=accurate, "
                                            "EDGE_AGENT_MQTT__URL=mqtt://host (__ nests)"),
     ("EDGE_AGENT_MQTT_PASSWORD", "agent", "the broker password when mqtt.password_file is unset (never logged)"),
-    ("EDGE_AGENT_KERNEL_CACHE", "agent", "where compiled CUDA kernels are cached (the unit: /var/cache/edge-agent)"),
+    ("EDGE_AGENT_KERNEL_CACHE", "agent", "where compiled CUDA kernels are cached (the unit: /var/cache/edge-agent/kernels)"),
     ("EDGE_AGENT_CLI_*", "click", "defaults for command-line options: EDGE_AGENT_CLI_RUN_SIZE=accurate"),
     ("STATE_DIRECTORY", "agent, from systemd", "state_dir and engines_dir when they are not configured"),
     ("NOTIFY_SOCKET", "agent, from systemd", "where READY=1, STATUS=, WATCHDOG=1 go (Type=notify)"),
@@ -69,6 +73,17 @@ def _opt(default, check=None, choices=None):
 POSITIVE = (lambda v: v > 0, "> 0")
 NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
 UNIT = (lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+# Durations end up in Event.wait()/sleep(), which raise OverflowError past ~292 years; a day is
+# already far more than any interval or timeout here means.
+SECONDS = (lambda v: 0 < v <= 86400, "in (0, 86400] seconds")
+# A frame rate is turned into a period (1/fps) for sleep(): a tiny positive one is years long.
+FPS = (lambda v: v == 0 or 0.01 <= v <= 1000, "0 (the source's own) or in [0.01, 1000]")
+# ONNX Runtime creates every intra-op thread at session start: 100000 of them grew the RSS by
+# 58 MB/s and never finished loading. More than a few threads per core only adds contention.
+MAX_THREADS = (os.cpu_count() or 1) * 4
+THREADS = (lambda v: 0 <= v <= MAX_THREADS, "in [0, {}] (4 per core)".format(MAX_THREADS))
+# The MQTT keepalive is a 16-bit field of CONNECT: paho's thread dies (struct.error) beyond it.
+KEEPALIVE = (lambda v: 1 <= v <= 65535, "in [1, 65535] (16 bits in MQTT's CONNECT)")
 
 
 def _checkout_root():
@@ -100,11 +115,11 @@ class CameraConfig:
     source: str = ""  # URI: csi://0, /dev/video0, v4l2://0, rtsp://..., file, folder, gst://...
     width: int = _opt(0, NON_NEGATIVE)  # 0: the source's own size
     height: int = _opt(0, NON_NEGATIVE)
-    fps: float = _opt(0.0, NON_NEGATIVE)  # 0: the source's own rate
+    fps: float = _opt(0.0, FPS)  # 0: the source's own rate
     flip: int = _opt(0, (lambda v: 0 <= v <= 7, "in [0, 7] (nvvidconv flip-method)"))
     loop: bool = False  # files and folders: start again at the end
     realtime: bool = True  # files and folders: pace at the file's fps
-    stall_timeout_s: float = _opt(5.0, POSITIVE)  # live sources: reopen after this long without a frame
+    stall_timeout_s: float = _opt(5.0, SECONDS)  # live sources: reopen after this long without a frame
 
 
 @dataclass(frozen=True)
@@ -121,7 +136,7 @@ class DetectionConfig:
 
 @dataclass(frozen=True)
 class OnnxRuntimeConfig:
-    threads: int = _opt(0, NON_NEGATIVE)  # 0: one per core but one (capture needs it), at most 4
+    threads: int = _opt(0, THREADS)  # 0: one per core but one (capture needs it), at most 4
     allow_spinning: bool = False  # spinning makes 2 threads slower than 1 on a loaded 2-core box
 
 
@@ -132,6 +147,9 @@ class TensorRTConfig:
     workspace_mb: int = _opt(1024, POSITIVE)
     calib_dir: Optional[str] = None  # INT8 calibration images
     auto_build: bool = False  # build a missing or stale engine at start instead of refusing
+    # Integrated GPU (Jetson): engine input and camera frame in mapped host memory, read in place.
+    # Off by default: nothing was measured on a Xavier yet (benchmarks/bench_detector_gpu.py --zero-copy).
+    zero_copy: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,7 +168,7 @@ class TlsConfig:
 @dataclass(frozen=True)
 class SnapshotConfig:
     enabled: bool = False
-    interval_s: float = _opt(10.0, POSITIVE)
+    interval_s: float = _opt(10.0, SECONDS)
     classes: List[str] = _opt([])  # also send one when one of these labels appears
     max_bytes: int = _opt(200000, POSITIVE)
     quality: int = _opt(80, (lambda v: 1 <= v <= 100, "in [1, 100]"))
@@ -163,14 +181,14 @@ class MqttConfig:
     prefix: str = "edge-agent"
     client_id: str = ""  # empty: edge-agent-<device>-<random>
     protocol: str = _opt("3.1.1", choices=("3.1.1", "5"))
-    keepalive_s: int = _opt(30, POSITIVE)
+    keepalive_s: int = _opt(30, KEEPALIVE)
     username: Optional[str] = None
     password_file: Optional[str] = None  # else $EDGE_AGENT_MQTT_PASSWORD
     tls: TlsConfig = _opt(TlsConfig())
     qos_detections: int = _opt(1, (lambda v: v in (0, 1, 2), "0, 1 or 2"))
     qos_timing: int = _opt(0, (lambda v: v in (0, 1, 2), "0, 1 or 2"))
     publish: str = _opt("all", choices=("all", "detections", "changes"))
-    timing_interval_s: float = _opt(5.0, POSITIVE)
+    timing_interval_s: float = _opt(5.0, SECONDS)
     queue_size: int = _opt(1000, POSITIVE)
     spool_max_records: int = _opt(100000, POSITIVE)
     snapshot: SnapshotConfig = _opt(SnapshotConfig())
@@ -187,7 +205,7 @@ class AutoSizeConfig:
 
 @dataclass(frozen=True)
 class HealthConfig:
-    interval_s: float = _opt(10.0, POSITIVE)
+    interval_s: float = _opt(10.0, SECONDS)
 
 
 @dataclass(frozen=True)
@@ -228,8 +246,26 @@ def default_cameras():
 # --- generic loading -------------------------------------------------------------------------
 
 
+# Bad values are quoted in errors: bounded, so a 10 MB string or a YAML alias bomb
+# (a few lines that expand to billions of items) still gives one short line.
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 6, 6
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; this keeps /dev/zero or a log file from hanging us
+MAX_NAME_BYTES = 256  # device, camera and topic names: they go into topics, file names and records
+
+
 def _describe(value):
-    return repr(value) if isinstance(value, str) else str(value)
+    try:
+        return _REPR.repr(value)
+    except ValueError:  # Python 3.11+ refuses to print integers of more than 4300 digits
+        return "an integer of {} bits".format(value.bit_length())
+
+
+def _key_name(name):
+    """A mapping key as it appears in errors: one printable line."""
+    text = str(name)
+    return text if text.isprintable() and len(text) <= 80 else _describe(text)
 
 
 def _type_name(tp):
@@ -264,7 +300,7 @@ def _convert(tp, value, key):
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError("{}: expected a mapping, got {}".format(key, _describe(value)))
-        return {str(k): _convert(tp.__args__[1], v, "{}.{}".format(key, k)) for k, v in value.items()}
+        return {str(k): _convert(tp.__args__[1], v, "{}.{}".format(key, _key_name(k))) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if tp is bool:
@@ -272,16 +308,31 @@ def _convert(tp, value, key):
             raise ConfigError("{}: expected true or false, got {}".format(key, _describe(value)))
         return value
     if tp in (int, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if tp is int and ok and float(value) != int(value):
-            ok = False
-        if not ok:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError("{}: expected {}, got {}".format(key, _type_name(tp), _describe(value)))
+        # YAML's .nan and .inf are numbers; every comparison with NaN is false, so no range
+        # check would catch it, and int() of either raises.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError("{}: expected a finite number, got {}".format(key, _describe(value)))
+        if tp is int and value != int(value):
+            raise ConfigError("{}: expected {}, got {}".format(key, _type_name(tp), _describe(value)))
+        # Values reach numpy, sqlite and C APIs, which overflow past 64 bits.
+        if not -2 ** 63 < value < 2 ** 63:
+            raise ConfigError("{}: expected a number of magnitude below 2**63, got {}".format(key, _describe(value)))
         return tp(value)
     if tp is str:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ConfigError("{}: expected a string, got {}".format(key, _describe(value)))
-        return str(value)
+        text = str(value)
+        # A NUL truncates paths and topics in C (or raises ValueError in open()); a lone
+        # surrogate ("\udc80" in YAML) cannot be encoded for a file name, a topic or a log line.
+        if "\x00" in text:
+            raise ConfigError("{}: NUL characters are not allowed, got {}".format(key, _describe(text)))
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError("{}: not valid Unicode text, got {}".format(key, _describe(text)))
+        return text
     return value
 
 
@@ -294,7 +345,7 @@ def _build(cls, data, key):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for name in data:
         if name not in fields:
-            where = "{}.{}".format(key, name) if key else str(name)
+            where = "{}.{}".format(key, _key_name(name)) if key else _key_name(name)
             raise ConfigError("{}: unknown key (known: {})".format(where, ", ".join(sorted(fields))))
     values = {}
     for name, f in fields.items():
@@ -354,8 +405,6 @@ def env_problems(environ):
 
 
 def _env_overrides(environ):
-    import yaml
-
     problems = env_problems(environ)
     if problems:
         raise ConfigError(problems[0])
@@ -365,34 +414,61 @@ def _env_overrides(environ):
             continue
         path = name[len(ENV_PREFIX):].lower().split("__")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
+            value = _parse_yaml(raw, name) if raw != "" else ""
+        except ConfigError:  # not YAML: the plain string (a URL, a path)
             value = raw
         node = out
-        for part in path[:-1]:
+        for i, part in enumerate(path[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):  # EDGE_AGENT_DETECTION=.nan beside EDGE_AGENT_DETECTION__CLASSES
+                raise ConfigError("{} (environment): {} is also set to a value that is not a mapping".format(
+                    name, ENV_PREFIX + "__".join(path[:i + 1]).upper()))
         node[path[-1]] = value
     return out
 
 
 def read_yaml(path):
     """Read a YAML mapping from ``path``; errors name the file."""
-    import yaml
-
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except OSError as e:
-        raise ConfigError("{}: cannot read config file: {}".format(path, e.strerror or e))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = " (line {})".format(mark.line + 1) if mark is not None else ""
-        raise ConfigError("{}: not valid YAML{}: {}".format(path, where, getattr(e, "problem", e)))
+        # Not a directory, FIFO or device: open() or read() of those fails late or blocks.
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError("{}: is a directory, expected a YAML config file".format(path))
+        if not stat.S_ISREG(mode):
+            raise ConfigError("{}: not a regular file, expected a YAML config file".format(path))
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        raise ConfigError("{}: cannot read config file: {}".format(path, getattr(e, "strerror", None) or e))
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError("{}: larger than {} bytes: not a config file".format(path, MAX_CONFIG_BYTES))
+    try:
+        text = raw.decode("utf-8-sig")  # YAML files are UTF-8 (the locale's encoding is not)
+    except UnicodeDecodeError as e:
+        raise ConfigError("{}: not UTF-8 text (line {}: byte 0x{:02x})".format(
+            path, raw[:e.start].count(b"\n") + 1, raw[e.start]))
+    data = _parse_yaml(text, path)
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError("{}: expected a mapping at the top level".format(path))
+        raise ConfigError("{}: expected a mapping at the top level, got {}".format(path, _describe(data)))
     return data
+
+
+def _parse_yaml(text, where):
+    """yaml.safe_load, with every failure a ConfigError naming ``where``."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = " (line {})".format(mark.line + 1) if mark is not None else ""
+        raise ConfigError("{}: not valid YAML{}: {}".format(where, line, getattr(e, "problem", None) or e))
+    except RecursionError:  # the parser recurses once per level: 20000 nested '[' exhaust the stack
+        raise ConfigError("{}: not valid YAML: nested too deeply".format(where))
+    except (ValueError, TypeError, OverflowError) as e:  # constructors: 2001-13-45, ints past 4300 digits
+        raise ConfigError("{}: not valid YAML: {}".format(where, e))
 
 
 def load_config(path=None, overrides=None, environ=None, check_files=True):
@@ -441,19 +517,26 @@ def validate(config, check_files=True):
         )
     if not config.cameras:
         raise ConfigError("cameras: at least one camera is required")
+    for name in config.sizes:
+        # A size name becomes a file name (<engines_dir>/<size>.<backend>.engine); "auto" picks one.
+        if not name or "/" in name or name == "auto" or len(name.encode("utf-8")) > MAX_NAME_BYTES:
+            raise ConfigError("sizes.{}: expected a size name without '/' (not 'auto'), got {}".format(
+                _key_name(name), _describe(name)))
+    _check_topic_level("device_id", config.device_id)
+    _check_topic_prefix("mqtt.prefix", config.mqtt.prefix)
     seen = set()
     for i, cam in enumerate(config.cameras):
         if not cam.source:
             raise ConfigError("cameras[{}].source: a source URI is required".format(i))
-        if not cam.id or "/" in cam.id or "+" in cam.id or "#" in cam.id:
-            raise ConfigError("cameras[{}].id: expected a name without '/', '+', '#', got {}".format(i, _describe(cam.id)))
+        _check_topic_level("cameras[{}].id".format(i), cam.id)
         if cam.id in seen:
             raise ConfigError("cameras[{}].id: duplicate camera id {}".format(i, _describe(cam.id)))
         seen.add(cam.id)
     if config.size == "auto" and not (config.auto_size.latency_budget_ms or config.auto_size.target_fps):
         raise ConfigError("auto_size: size is 'auto' but neither latency_budget_ms nor target_fps is set")
-    if config.mqtt.url.split("://")[0] not in ("mqtt", "mqtts"):
-        raise ConfigError("mqtt.url: expected mqtt://host[:port] or mqtts://host[:port], got {}".format(_describe(config.mqtt.url)))
+    _check_mqtt_url(config.mqtt.url)
+    if config.mqtt.tls.key and not config.mqtt.tls.cert:
+        raise ConfigError("mqtt.tls.key: set without mqtt.tls.cert (the key would be ignored)")
     if check_files:
         used = config.sizes if config.size == "auto" else {config.size: config.sizes[config.size]}
         for name, size in sorted(used.items()):
@@ -470,6 +553,88 @@ def validate(config, check_files=True):
         pw = config.mqtt.password_file
         if config.mqtt.enabled and pw and not os.path.isfile(pw):
             raise ConfigError("mqtt.password_file: file not found: {}".format(pw))
+        if config.output.jsonl and config.output.jsonl != "-":
+            _check_writable("output.jsonl", config.output.jsonl, directory=False)
+        # Only the MQTT spool writes there; a path under a file is wrong either way.
+        _check_writable("state_dir", config.state_dir, directory=True, write=config.mqtt.enabled)
+
+
+# MQTT topics are {prefix}/{device_id}/{camera id}/... . A '+' or '#' makes a topic a filter,
+# which PUBLISH and the will may not use: the broker drops the connection (for the will, at
+# every CONNECT) and the agent would retry forever. device_id and camera ids are one level each,
+# so no '/' either. The prefix may have levels (site/edge-agent), but no empty ones (leading,
+# trailing or doubled '/') and no leading '$', which brokers reserve for their own ($SYS).
+def _check_topic_level(key, value):
+    if not value or any(c in value for c in "/+#") or len(value.encode("utf-8")) > MAX_NAME_BYTES:
+        raise ConfigError("{}: expected a name of 1 to {} bytes without '/', '+', '#', got {}".format(
+            key, MAX_NAME_BYTES, _describe(value)))
+
+
+def _check_topic_prefix(key, value):
+    if (not value or "+" in value or "#" in value or "" in value.split("/") or value.startswith("$")
+            or len(value.encode("utf-8")) > MAX_NAME_BYTES):
+        raise ConfigError("{}: expected topic levels joined by '/' (e.g. site/edge-agent) without '+', '#', "
+                          "empty levels or a leading '$', got {}".format(key, _describe(value)))
+
+
+def redact_url(url):
+    """``url`` with the password (between the first ':' of the user part and the last '@') hidden."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return "{}{}{}:***@{}".format(scheme, sep, userinfo.split(":", 1)[0], host)
+
+
+def _check_mqtt_url(url):
+    """mqtt[s]://[user@]host[:port], port 1..65535, nothing after it; raises ConfigError."""
+    shown = _describe(redact_url(url))
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError: not a number, or outside 0..65535
+    except ValueError as e:
+        raise ConfigError("mqtt.url: cannot parse {}: {}".format(shown, e))
+    if (parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or parts.path.strip("/") or parts.query
+            or parts.fragment or "[" in parts.netloc or not parts.netloc.isprintable() or " " in parts.netloc):
+        # IPv6 literals: the publisher splits host and port at the only ':' (not yet supported).
+        raise ConfigError("mqtt.url: expected mqtt://host[:port] or mqtts://host[:port], got {}".format(shown))
+    if port is not None and not 1 <= port <= 65535:  # 0: paho raises; 99999: retried forever
+        raise ConfigError("mqtt.url: port must be in [1, 65535], got {}".format(shown))
+    if parts.password is not None:
+        # The publisher ignores it (it would be logged with the URL): refuse rather than connect without it.
+        raise ConfigError("mqtt.url: a password in the URL is not used; put it in mqtt.password_file "
+                          "or $EDGE_AGENT_MQTT_PASSWORD, got {}".format(shown))
+
+
+def _check_writable(key, path, directory, write=True):
+    """``path`` (a directory, else a file) exists or can be created, and (``write``) written."""
+    path = os.path.abspath(path)
+    if os.path.exists(path):
+        if os.path.isdir(path) != directory:
+            raise ConfigError("{}: {} is {}".format(key, path, "not a directory" if directory else "a directory"))
+        where = path
+    else:
+        where = os.path.dirname(path)
+        if not directory and not os.path.isdir(where):  # files are opened, not created with their parents
+            raise ConfigError("{}: directory {} does not exist".format(key, where))
+        while not os.path.exists(where):  # makedirs creates the missing parents
+            where = os.path.dirname(where)
+        if not os.path.isdir(where):
+            raise ConfigError("{}: cannot create {}: {} is not a directory".format(key, path, where))
+    if write and not os.access(where, os.W_OK):
+        raise ConfigError("{}: {} is not writable".format(key, where))
+
+
+def check_sources(config):
+    """Parse every camera's source URI and check its files, opening nothing; raises ConfigError."""
+    from .errors import SourceError
+    from .sources import check_uri
+
+    for i, cam in enumerate(config.cameras):
+        try:
+            check_uri(cam.source, "cameras[{}].source".format(i))
+        except SourceError as e:
+            raise ConfigError(str(e))
 
 
 def to_dict(config):

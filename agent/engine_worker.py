@@ -204,18 +204,66 @@ def build_onnxruntime(job, emit):
             "profile": None, "builder_flags": ["graph_optimization_level=" + ORT_OPT_LEVEL]}
 
 
+def check_detector(path, inputs, outputs, metadata):
+    """Refuse a model ``run`` could not use as a detector; raise ModelError naming ``path``.
+
+    ``inputs``/``outputs``: [{name, shape, dtype}] (dims None or negative when dynamic).
+    The outputs go through decode.make_decoder, the layout detection ``run`` uses, so
+    build-engine refuses exactly what ``run`` would refuse after the artifact was replaced.
+    """
+    from .backends.base import TensorSpec
+    from .labels import class_names
+    from .postprocess.decode import make_decoder
+
+    def specs(values):
+        return [TensorSpec(v["name"], list(v["shape"] or ()), v["dtype"]) for v in values]
+
+    def refuse(why):
+        return ModelError("{}: not a detector the agent can run: {}".format(path, why))
+
+    shapes = [list(i["shape"] or ()) for i in inputs]
+    if len(shapes) != 1 or len(shapes[0]) != 4 or shapes[0][1] != 3:
+        raise refuse("expected one NCHW image input with 3 channels, found {}".format(
+            ", ".join("{} {}".format(i["name"], s) for i, s in zip(inputs, shapes)) or "none"))
+    try:
+        nc = len(class_names(metadata)) or None
+    except (ValueError, TypeError):  # unreadable 'names' metadata: judge the outputs by shape alone
+        nc = None
+    try:
+        make_decoder(specs(outputs), num_classes_hint=nc)
+    except ModelError as e:
+        raise refuse(e)
+
+
+def _onnx_specs(model, values):
+    """[{name, shape, dtype}] of graph inputs or outputs, weights (old exports list them as inputs) left out."""
+    import onnx
+
+    weights = {w.name for w in model.graph.initializer}
+    return [{"name": v.name, "dtype": onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower(),
+             "shape": [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]}
+            for v in values if v.name not in weights]
+
+
 def build_job(job, emit):
-    """Validate the ONNX, then build for the job's backend; return the facts for the manifest."""
+    """Validate the ONNX as a detector, then build for the job's backend; return the facts for the manifest."""
     emit("validating", "validating {}".format(job["onnx"]))
     model = validate_onnx(job["onnx"])
+    metadata = {p.key: p.value for p in model.metadata_props} if model is not None else {}
+    if model is not None:  # before a TensorRT build spends minutes on it
+        check_detector(job["onnx"], _onnx_specs(model, model.graph.input), _onnx_specs(model, model.graph.output),
+                       metadata)
     if job["backend"] == "onnxruntime":
         result = build_onnxruntime(job, emit)
     else:
         from . import trt_build
 
         result = trt_build.build(job, emit)
+    # Again on what the runtime reports (the check above needs the onnx package, often absent on
+    # a Jetson); the parent commits the artifact only after this returns.
+    check_detector(job["onnx"], result["inputs"], result["outputs"], metadata)
     # The ONNX metadata (class names, imgsz) travels in the manifest: a TensorRT plan drops it.
-    result["onnx_metadata"] = {p.key: p.value for p in model.metadata_props} if model is not None else {}
+    result["onnx_metadata"] = metadata
     return result
 
 

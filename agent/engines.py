@@ -197,8 +197,18 @@ _COMPARED = [
 _ENVIRONMENT_LABELS = ("TensorRT", "CUDA", "onnxruntime", "providers", "GPU", "compute capability", "L4T")
 
 
+def _shown(value, limit=80, quote=False):
+    """``value`` for a one-line message: a printable string as is (or quoted), else its repr; clipped.
+
+    Manifests can be hand-edited or corrupt: a newline or a megabyte in a field must not
+    turn the one-line reason into many.
+    """
+    text = value if isinstance(value, str) and value.isprintable() and not quote else repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def _short(value):
-    return value[:8] + "…" if isinstance(value, str) and len(value) > 8 else value
+    return _shown(value, 9)  # a sha256: its first 8 digits
 
 
 def differences(old, new, labels=None):
@@ -213,7 +223,7 @@ def differences(old, new, labels=None):
         if short:
             out.append("{} changed ({}→{})".format(label, _short(a), _short(b)))
         else:
-            out.append("{} {} → {}".format(label, a, b))
+            out.append("{} {} → {}".format(label, _shown(a), _shown(b)))
     return out
 
 
@@ -283,11 +293,44 @@ def read_manifest(manifest_path):
             manifest = json.load(f)
     except (OSError, IOError):
         raise EngineError("{}: manifest missing".format(manifest_path))
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
         raise EngineError("{}: manifest is not valid JSON ({})".format(manifest_path, e))
     if not isinstance(manifest, dict):
         raise EngineError("{}: manifest is not a JSON object".format(manifest_path))
     return manifest
+
+
+# The manifest's shape: (field, expected kind, required). Code indexes into these fields
+# (precision.built, runtime.*, device.*, onnx_metadata): a hand-edited or corrupt manifest
+# must be a named reason to rebuild, not an AttributeError. Parents come before children.
+_SHAPE = (
+    ("backend", "a string", True), ("artifact_bytes", "an integer", True), ("artifact_sha256", "a string", True),
+    ("onnx_sha256", "a string", True), ("runtime", "a mapping", True), ("device", "a mapping", True),
+    ("precision", "a mapping", True), ("precision.requested", "a string", True),
+    ("precision.built", "a string", True), ("onnx_metadata", "a mapping", False), ("inputs", "a list", False),
+    ("outputs", "a list", False), ("builder_flags", "a list", False), ("size", "a string", False),
+    ("batch_requested", "a list or null", False), ("dla_core", "an integer or null", False),
+    ("workspace_mb", "an integer or null", False), ("calib_cache_sha256", "a string or null", False),
+    ("build_time_s", "a number or null", False), ("built_at", "a string or null", False),
+)
+_KINDS = {"a string": str, "an integer": int, "a number": (int, float), "a mapping": dict, "a list": list}
+
+
+def manifest_problem(manifest):
+    """None if ``manifest`` has the shape build() writes, else one line: 'precision: expected a mapping, got 'fp32''."""
+    for field, kind, required in _SHAPE:
+        parent, _, key = field.rpartition(".")
+        container = manifest[parent] if parent else manifest
+        if key not in container:
+            if required:
+                return "{}: missing".format(field)
+            continue
+        value = container[key]
+        if value is None and kind.endswith(" or null"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, _KINDS[kind.split(" or ")[0]]):
+            return "{}: expected {}, got {}".format(field, kind, _shown(value, quote=True))
+    return None
 
 
 def _manifest_path_of(path):
@@ -318,7 +361,16 @@ def verify_artifact(path):
     except EngineError as e:
         raise _invalid(path, str(e).replace(manifest_path + ": ", "manifest "), size)
     if manifest.get("schema_version") != MANIFEST_SCHEMA:
-        raise _invalid(path, "manifest schema {} → {}".format(manifest.get("schema_version"), MANIFEST_SCHEMA), size)
+        raise _invalid(path, "manifest schema {} → {}".format(
+            _shown(manifest.get("schema_version"), quote=True), MANIFEST_SCHEMA), size)
+    problem = manifest_problem(manifest)
+    # <size>.<backend>.<ext>: a manifest naming another backend would be checked against the wrong runtime.
+    backends = [b for b in EXTENSIONS if os.path.basename(path).split(".")[1:2] == [b]] or sorted(EXTENSIONS)
+    if problem is None and manifest["backend"] not in backends:
+        problem = "backend: expected {}, got {}".format(" or ".join(map(repr, backends)),
+                                                        _shown(manifest["backend"], quote=True))
+    if problem is not None:
+        raise _invalid(path, "{}: {}".format(os.path.basename(manifest_path), problem), size)
     actual_bytes = os.path.getsize(path)
     if actual_bytes != manifest.get("artifact_bytes"):
         raise _invalid(path, "truncated or modified ({} bytes, manifest says {})".format(
@@ -327,7 +379,7 @@ def verify_artifact(path):
     if digest != manifest.get("artifact_sha256"):
         raise _invalid(path, "sha256 mismatch, tampered or corrupt ({} vs manifest {})".format(
             _short(digest), _short(manifest.get("artifact_sha256"))), size)
-    here = runtime_environment(manifest.get("backend", "onnxruntime"))
+    here = runtime_environment(manifest["backend"])
     diff = differences(manifest, here, labels=_ENVIRONMENT_LABELS)
     if diff:
         raise _invalid(path, "built for another runtime or GPU: {}".format(", ".join(diff)), size)
@@ -414,13 +466,14 @@ def cached_kernels(engines_dir, compute_capability):
         return None
 
 
-def compile_kernels_for(engines_dir, manifest, progress=None, nvcc="nvcc"):
+def compile_kernels_for(engines_dir, manifest, progress=None, nvcc=None):
     """Compile the CUDA kernels for a TensorRT engine's GPU into ``<engines_dir>/kernels``, once.
 
     The TensorRT backend loads them from there at start, so a deployed service needs no
     nvcc. Returns the paths, or None when the manifest names no GPU or nvcc is missing or
     fails (reported through ``progress``: the backend then compiles on first use, or runs
-    the CPU post-processing path).
+    the CPU post-processing path). ``nvcc`` None: kernels.build.find_nvcc (PATH, then
+    $CUDA_HOME/bin and /usr/local/cuda/bin, which ``sudo``'s secure_path leaves out).
     """
     from .kernels import build as kernel_build
 
@@ -434,7 +487,7 @@ def compile_kernels_for(engines_dir, manifest, progress=None, nvcc="nvcc"):
     cache = kernels_dir(engines_dir)
     emit("compiling the CUDA kernels for compute capability {} into {}".format(cc, cache))
     try:
-        return kernel_build.compile_kernels(cache, kernel_build.normalize_arch(cc), nvcc=nvcc)
+        return kernel_build.compile_kernels(cache, cc, nvcc=nvcc)
     except kernel_build.KernelBuildError as e:
         emit("warning: CUDA kernels not compiled ({}); the service compiles them on first start if it "
              "finds nvcc, else post-processes on the CPU".format(str(e).splitlines()[0]))
@@ -447,7 +500,8 @@ def artifact_for(config, size_name, backend_name, on_building=None):
     tensorrt: a verified, up-to-date engine; a missing or stale one raises EngineError
     unless ``config.tensorrt.auto_build``, then it is built (``on_building(message)`` is
     called first, so a service can extend its start timeout). onnxruntime: the verified
-    optimized model if there is one, else the ONNX itself with manifest None.
+    optimized model if there is one, else the ONNX itself with manifest None (logged at
+    WARNING when an optimized model exists but fails verification).
     """
     spec = spec_from_config(config, size_name, backend_name)
     path, manifest, reasons = status(spec)
@@ -455,7 +509,14 @@ def artifact_for(config, size_name, backend_name, on_building=None):
         return path, manifest
     reason = "; ".join(reasons)
     if backend_name == "onnxruntime":
-        log.info("%s: using %s directly (no optimized model: %s)", size_name, spec.onnx, reason)
+        # An optimized model that fails verification (tampered, stale, bad manifest) is never
+        # loaded; the configured ONNX is what it was built from, so running that is safe, only
+        # slower. Say so at WARNING: the artifact is there and the user expects it to be used.
+        if os.path.isfile(path):
+            log.warning("%s: not loading %s (%s); running %s instead; run: %s", size_name, path, reason,
+                        spec.onnx, fix_command(size_name))
+        else:
+            log.info("%s: using %s directly (no optimized model: %s)", size_name, spec.onnx, reason)
         return spec.onnx, None
     if not config.tensorrt.auto_build:
         raise EngineError("{}: engine {} not usable ({}); run: {}".format(size_name, path, reason, fix_command(size_name)))

@@ -116,3 +116,23 @@ def test_check_config_describes_sources(small_video, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "camera door: video file" in proc.stdout
     assert "RTSP stream" in proc.stdout and "secret" not in proc.stdout
+
+
+@pytest.mark.parametrize("content, env, needle", [
+    (b"# cam\xe9ra\n", {}, "not UTF-8 text (line 1: byte 0xe9)"),
+    (b"max_frames: 1\n", {"EDGE_AGENT_MAX_FRAMES": ".nan"}, "max_frames: expected a finite number, got nan"),
+    (b"mqtt: {enabled: true, url: 'mqtt://user:secret@127.0.0.1:1883'}\n", {}, "mqtt://user:***@127.0.0.1:1883"),
+    (None, {}, "is a directory"),  # --config <directory>: click's own check exited 2
+], ids=["non-utf8", "env-nan", "url-password", "directory"])
+def test_hostile_config_real_process(tmp_path, content, env, needle):
+    """Issue 14, as users ran it: exit 78, one line, no traceback, nothing started, no secret shown."""
+    path = tmp_path
+    if content is not None:
+        path = tmp_path / "c.yaml"
+        path.write_bytes(content)
+    for command in ("check-config", "run"):
+        proc = run_cli([command, "--config", str(path)], env=dict(NO_CONFIG, **env), timeout=60)
+        assert proc.returncode == 78, proc.stderr
+        assert_one_line_error(proc, needle)
+        assert len(proc.stderr.splitlines()) == 1, proc.stderr  # no log line: nothing was opened
+        assert "secret" not in proc.stderr + proc.stdout and proc.stdout == ""

@@ -329,3 +329,130 @@ def test_kernels_step_without_nvcc_or_gpu_reports_and_goes_on(tmp_path):
                                        nvcc=str(tmp_path / "no-nvcc")) is None
     assert lines[-1].startswith("warning: CUDA kernels not compiled") and "no-nvcc" in lines[-1]
     assert engines.compile_kernels_for(str(tmp_path), {"device": {}}, progress=lines.append) is None
+
+
+# --- hostile models and manifests (issue 14) ------------------------------------------------
+
+
+def make_non_detector(path, kind):
+    """An ONNX that is valid but no detector the agent can run; ``kind`` names what is wrong."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    image = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])
+    inits, inputs = [], [image]
+    if kind == "identity":  # the image straight back: [1,3,64,64]
+        nodes, out = [helper.make_node("Identity", ["images"], ["output0"])], [1, 3, 64, 64]
+    elif kind == "classifier":  # ImageNet-style logits [1,1000]
+        inits = [numpy_helper.from_array(np.ones((3, 1000), np.float32), "w")]
+        nodes = [helper.make_node("GlobalAveragePool", ["images"], ["pool"]),
+                 helper.make_node("Flatten", ["pool"], ["flat"]),
+                 helper.make_node("MatMul", ["flat", "w"], ["output0"])]
+        out = [1, 1000]
+    else:  # "dynamic": [1,6,N] with N unknown until run; "two_inputs": a detector with a second input
+        inits = [numpy_helper.from_array(np.ones((6, 3, 8, 8), np.float32), "w"),
+                 numpy_helper.from_array(np.array([0, 6, -1], np.int64), "shape")]
+        nodes = [helper.make_node("Conv", ["images", "w"], ["conv"], kernel_shape=[8, 8], strides=[8, 8]),
+                 helper.make_node("Reshape", ["conv", "shape"], ["flat"])]
+        if kind == "dynamic":
+            inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, "height", "width"])]
+            nodes.append(helper.make_node("Sigmoid", ["flat"], ["output0"]))
+            out = [1, 6, "anchors"]
+        else:
+            inputs.append(helper.make_tensor_value_info("scale", TensorProto.FLOAT, [1, 1, 1]))
+            nodes.append(helper.make_node("Mul", ["flat", "scale"], ["output0"]))
+            out = [1, 6, 64]
+    graph = helper.make_graph(nodes, kind, inputs, [helper.make_tensor_value_info("output0", TensorProto.FLOAT, out)],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("kind, why", [
+    ("identity", "cannot interpret model outputs: output0 [1, 3, 64, 64]"),
+    ("classifier", "cannot interpret model outputs: output0 [1, 1000]"),
+    ("dynamic", "dynamic dimensions"),
+    ("two_inputs", "expected one NCHW image input with 3 channels, found images [1, 3, 64, 64], scale [1, 1, 1]"),
+])
+def test_build_engine_refuses_a_non_detector_and_keeps_the_artifact(tmp_path, model, kind, why):
+    """The old artifact and manifest stay byte-identical; one line names the config key and the file."""
+    assert run_cli(["build-engine", "--config", write_config(tmp_path, model), "--size", "fast"]).returncode == 0
+    before = snapshot(str(tmp_path / "engines"))
+    bad = make_non_detector(tmp_path / "bad.onnx", kind)
+    cfg = tmp_path / "bad.yaml"  # the same engines dir, sizes.fast.onnx naming the bad model
+    cfg.write_text("sizes:\n  fast: {{onnx: {}}}\nengines_dir: {}\nbackend: onnxruntime\n".format(
+        bad, tmp_path / "engines"))
+    cfg = str(cfg)
+    for args, key in ((["--config", cfg], "sizes.fast.onnx"),
+                      (["--config", write_config(tmp_path, model), "--onnx", bad, "--force"], "--onnx")):
+        res = run_cli(["build-engine", "--size", "fast"] + args)
+        assert res.returncode == 1, (res.stdout, res.stderr)
+        assert "Traceback" not in res.stderr
+        errors = [line for line in res.stderr.splitlines() if line.startswith("edge-agent: error:")]
+        assert errors == [line for line in res.stderr.splitlines() if "error" in line.lower()], res.stderr
+        assert len(errors) == 1 and errors[0].startswith(
+            "edge-agent: error: {}: {}: not a detector the agent can run: ".format(key, bad)), res.stderr
+        assert why in errors[0]
+        assert snapshot(str(tmp_path / "engines")) == before  # untouched, no temp file left
+
+
+def _edit_manifest(artifact, edit):
+    path = manifest_of(artifact)
+    manifest = json.load(open(path))
+    edit(manifest)
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    ("precision", "fp32", "precision: expected a mapping, got 'fp32'"),
+    ("runtime", None, "runtime: expected a mapping, got None"),
+    ("artifact_bytes", "123", "artifact_bytes: expected an integer, got '123'"),
+    ("backend", "tensorrt", "backend: expected 'onnxruntime', got 'tensorrt'"),
+    ("onnx_sha256", None, "onnx_sha256: missing"),
+])
+def test_wrong_typed_manifest_field_is_one_line_and_rebuilt(tmp_path, model, field, value, reason):
+    """--check, the suggested fix command and the runtime lookup name the field; no AttributeError."""
+    cfg = write_config(tmp_path, model)
+    artifact = str(tmp_path / "engines" / "fast.onnxruntime.onnx")
+    assert run_cli(["build-engine", "--config", cfg, "--size", "fast"]).returncode == 0
+
+    def edit(m):
+        if value is None and field == "onnx_sha256":
+            del m[field]
+        else:
+            m[field] = value
+    _edit_manifest(artifact, edit)
+    check = run_cli(["build-engine", "--config", cfg, "--size", "fast", "--check"])
+    assert check.returncode == 1 and "Traceback" not in check.stderr, check.stderr
+    assert check.stdout.strip() == "fast: not valid ({}): fast.onnxruntime.manifest.json: {}; fix: {}".format(
+        artifact, reason, engines.fix_command("fast"))
+    # What `run` asks for: the source ONNX, with a warning naming the field.
+    with pytest.raises(EngineError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        engines.verify_artifact(artifact)
+    assert engines.artifact_for(config_for(tmp_path, model), "fast", "onnxruntime") == (model, None)
+    fix = run_cli(engines.fix_command("fast").split()[1:] + ["--config", cfg])
+    assert fix.returncode == 0 and "Traceback" not in fix.stderr, fix.stderr
+    assert "fast: built" in fix.stdout and reason in fix.stderr
+    assert engines.verify_artifact(artifact)["precision"] == {"requested": "fp32", "built": "fp32"}
+
+
+def test_tampered_optimized_model_is_never_loaded(tmp_path, model, caplog):
+    """onnxruntime: a tampered artifact is skipped with a WARNING naming it and the sha256 mismatch."""
+    spec = spec_for(tmp_path, model)
+    path, _, _ = engines.build(spec, progress=lambda line: None)
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    with caplog.at_level("INFO", logger="edge_agent.engines"):
+        assert engines.artifact_for(config_for(tmp_path, model), "fast", "onnxruntime") == (model, None)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and path in warnings[0] and "sha256 mismatch" in warnings[0], caplog.text
+    assert "run: edge-agent build-engine --size fast" in warnings[0]
+    caplog.clear()
+    os.remove(path)  # never built: the plain ONNX, quietly
+    with caplog.at_level("INFO", logger="edge_agent.engines"):
+        assert engines.artifact_for(config_for(tmp_path, model), "fast", "onnxruntime") == (model, None)
+    assert [r.levelname for r in caplog.records] == ["INFO"]

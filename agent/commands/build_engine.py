@@ -1,8 +1,11 @@
 """``edge-agent build-engine``: build (or check) the cached engine of each model size."""
 
+import contextlib
 import os
 
 import click
+
+from ..errors import ModelError
 
 
 def _parse_batch(ctx, param, value):
@@ -59,7 +62,8 @@ def build_engine(ctx, config_path, size, onnx, engines_dir, backend, precision, 
     for name in names:
         spec = engines.spec_from_config(config, name, backend_name, **overrides)
         if check:
-            path, manifest, reasons = engines.status(spec)
+            with _blame(onnx, name):
+                path, manifest, reasons = engines.status(spec)
             if manifest is not None:
                 click.echo("{}: valid ({}; {} {}, built {})".format(name, _rel(path), backend_name,
                                                                      manifest["precision"]["built"], manifest.get("built_at")))
@@ -68,7 +72,8 @@ def build_engine(ctx, config_path, size, onnx, engines_dir, backend, precision, 
                 click.echo("{}: not valid ({}): {}; fix: {}".format(name, _rel(path), "; ".join(reasons),
                                                                    engines.fix_command(name)))
             continue
-        path, manifest, built = engines.build(spec, progress=progress, force=force)
+        with _blame(onnx, name):
+            path, manifest, built = engines.build(spec, progress=progress, force=force)
         if not built:
             click.echo("{}: up to date ({})".format(name, _rel(path)))
         else:
@@ -78,6 +83,19 @@ def build_engine(ctx, config_path, size, onnx, engines_dir, backend, precision, 
             engines.compile_kernels_for(os.path.dirname(os.path.abspath(path)), manifest, progress=progress)
     if invalid:
         ctx.exit(1)
+
+
+@contextlib.contextmanager
+def _blame(onnx, name):
+    """Prefix a bad-model error with what named the file (--onnx or the config key), so the fix is clear.
+
+    Exit status 1 (ModelError), as ``run`` gives for the same file: the file is bad, not the config's syntax.
+    """
+    key = "--onnx" if onnx is not None else "sizes.{}.onnx".format(name)
+    try:
+        yield
+    except ModelError as e:
+        raise ModelError(str(e) if str(e).startswith(key) else "{}: {}".format(key, e))
 
 
 def _rel(path):

@@ -5,11 +5,13 @@ import os
 
 import click
 
-from ..config import DEFAULT_CONFIG_PATH, load_config, to_dict
-from ..errors import ConfigError, SourceError
+from ..config import DEFAULT_CONFIG_PATH, load_config, redact_url, to_dict
+from ..config import check_sources as check_source_uris
 
+# A plain string, not click.Path(dir_okay=False): read_yaml names a bad path in a ConfigError
+# (exit 78, like every other config problem) where click would exit 2.
 config_option = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+    "--config", "config_path", default=None,
     help="YAML config (default: {} if it exists, else the embedded demo defaults).".format(DEFAULT_CONFIG_PATH))
 
 
@@ -45,18 +47,22 @@ def overrides_from(source=None, size=None, model=None, max_frames=None, output=N
 
 
 def resolve(config_path, overrides, check_sources=True):
-    """Load and validate the config; source URIs are checked without opening anything."""
+    """Load and validate the config as ``run`` needs it, opening no camera, model or GPU.
+
+    With ``check_sources`` (run, check-config), also what run reads before it starts: the
+    source URIs (parsed, files checked) and, with MQTT on, the password and TLS files.
+    Raises ConfigError.
+    """
     if config_path is None and os.path.isfile(DEFAULT_CONFIG_PATH):
         config_path = DEFAULT_CONFIG_PATH
     config = load_config(config_path, overrides)
     if check_sources:
-        from ..sources import check_uri
+        check_source_uris(config)
+        if config.mqtt.enabled:
+            from ..publish.mqtt import read_password, tls_context  # lazy: paho, only with MQTT on
 
-        for i, cam in enumerate(config.cameras):
-            try:
-                check_uri(cam.source, "cameras[{}].source".format(i))
-            except SourceError as e:
-                raise ConfigError(str(e))
+            read_password(config.mqtt)
+            tls_context(config.mqtt.tls)
     return config, config_path
 
 
@@ -91,7 +97,11 @@ def check_config(config_path, as_json):
     """Validate the configuration (exit 78 naming the bad key) and print it resolved."""
     config, path = resolve(config_path, {})
     if as_json:
-        click.echo(json.dumps(to_dict(config), indent=2, sort_keys=True))
+        data = to_dict(config)
+        data["mqtt"]["url"] = redact_url(config.mqtt.url)
+        for cam in data["cameras"]:
+            cam["source"] = redact_url(cam["source"])
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
     from ..sources import describe_source
 
@@ -101,5 +111,5 @@ def check_config(config_path, as_json):
         click.echo("size {}: {}".format(name, size.onnx))
     for cam in config.cameras:
         click.echo("camera {}: {}".format(cam.id, describe_source(cam.source)))
-    click.echo("mqtt: {}".format(config.mqtt.url if config.mqtt.enabled else "off"))
+    click.echo("mqtt: {}".format(redact_url(config.mqtt.url) if config.mqtt.enabled else "off"))
     click.echo("ok")

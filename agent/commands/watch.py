@@ -14,12 +14,87 @@ from ..errors import AgentError
 STAGE_COLUMNS = ("preprocess", "infer", "postprocess", "total")
 
 
+class Malformed(ValueError):
+    """A payload field that watch shows has the wrong type; the message names the field."""
+
+
+def _clip(value, limit=40):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _field(mapping, key, kinds, what, name=None):
+    """``mapping[key]`` if it is one of ``kinds``, None when absent or null; else raise Malformed."""
+    value = mapping.get(key)
+    if value is None or (isinstance(value, kinds) and not isinstance(value, bool)):
+        return value
+    raise Malformed("{}: expected {}, got {}".format(name or key, what, _clip(value)))
+
+
+def _number(mapping, key, name=None):
+    value = _field(mapping, key, (int, float), "a number", name)
+    try:
+        return None if value is None else float(value)  # an int beyond float range cannot be shown
+    except OverflowError:
+        raise Malformed("{}: number out of range".format(name or key))
+
+
+def _items(mapping, key, kinds, what):
+    """The list at ``key`` (empty when absent), each item one of ``kinds``; else raise Malformed."""
+    values = _field(mapping, key, list, "a list") or []
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, kinds):  # null items too
+            raise Malformed("{}[{}]: expected {}, got {}".format(key, i, what, _clip(v)))
+    return values
+
+
+def _read(parts, payload):
+    """(kind, the values the board shows) of one message; raises Malformed naming a bad field.
+
+    Only the fields shown are checked, so agents newer than this watch still display.
+    """
+    if not isinstance(payload, dict):
+        raise Malformed("expected a JSON object, got {}".format(_clip(payload)))
+    if len(parts) == 2 and parts[1] == "status":
+        return "status", {"state": _field(payload, "state", str, "a string") or "?",
+                          "cameras": _items(payload, "cameras", str, "a string")}
+    if len(parts) == 2 and parts[1] == "spool":
+        return "spool", {k: _field(payload, k, int, "an integer") for k in ("queued", "dropped_boot")}
+    if len(parts) == 2 and parts[1] == "health":
+        return "health", payload
+    if len(parts) == 3 and parts[2] == "timing":
+        stages = _field(payload, "stages", dict, "a mapping") or {}
+        shown = {}
+        for s in STAGE_COLUMNS:
+            st = _field(stages, s, dict, "a mapping", "stages." + s)
+            if st is not None:
+                shown[s] = tuple(_number(st, q, "stages.{}.{}".format(s, q)) for q in ("p50", "p95"))
+        return "timing", {"fps": _number(payload, "fps"), "stages": shown}
+    if len(parts) == 3 and parts[2] == "detections":
+        dets = _items(payload, "detections", dict, "a mapping")
+        labels = [_field(d, "label", str, "a string", "detections[{}].label".format(i)) or "?"
+                  for i, d in enumerate(dets)]
+        return "detections", {"seq": _field(payload, "seq", int, "an integer"), "labels": labels}
+    return None, None
+
+
+def _ms(value):
+    return "-" if value is None else "{:.1f}".format(value)
+
+
+def _printable(text):
+    # Names and labels come from whoever can publish: no terminal escape sequences through.
+    return "".join(c if c.isprintable() else "?" for c in str(text))
+
+
 class Board(object):
     """What we know of each device and camera, from the messages seen so far."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.devices = collections.OrderedDict()
+        self.skipped = 0
+        self.last_skipped = ""
 
     def _device(self, name):
         return self.devices.setdefault(name, {"state": "?", "cameras": collections.OrderedDict(), "spool": None})
@@ -27,30 +102,32 @@ class Board(object):
     def _camera(self, device, cam):
         return self._device(device)["cameras"].setdefault(cam, {"fps": None, "stages": {}, "seq": None, "labels": ""})
 
+    def skip(self, parts, why):
+        """Count a message the board cannot show; the table's last line names the latest."""
+        with self.lock:
+            self.skipped += 1
+            self.last_skipped = "{}: {}".format("/".join(parts), why)
+
     def update(self, parts, payload):
-        """Fold one message (topic split below the prefix) into the board."""
-        if not isinstance(payload, dict):
+        """Fold one message (topic split below the prefix) into the board; a malformed one is skipped."""
+        try:
+            kind, values = _read(parts, payload)
+        except Malformed as e:
+            self.skip(parts, e)
             return
         with self.lock:
-            if len(parts) == 2 and parts[1] == "status":
-                dev = self._device(parts[0])
-                dev["state"] = payload.get("state", "?")
-                dev["info"] = "{} {} {}".format(payload.get("agent_version", ""), payload.get("backend", ""),
-                                                payload.get("model_size", "")).strip()
-                for cam in payload.get("cameras") or ():
+            if kind == "status":
+                self._device(parts[0])["state"] = values["state"]
+                for cam in values["cameras"]:
                     self._camera(parts[0], cam)
-            elif len(parts) == 2 and parts[1] == "spool":
-                self._device(parts[0])["spool"] = payload
-            elif len(parts) == 2 and parts[1] == "health":
-                self._device(parts[0])["health"] = payload
-            elif len(parts) == 3 and parts[2] == "timing":
+            elif kind in ("spool", "health"):
+                self._device(parts[0])[kind] = values
+            elif kind == "timing":
+                self._camera(parts[0], parts[1]).update(values)
+            elif kind == "detections":
                 cam = self._camera(parts[0], parts[1])
-                cam["fps"] = payload.get("fps")
-                cam["stages"] = payload.get("stages") or {}
-            elif len(parts) == 3 and parts[2] == "detections":
-                cam = self._camera(parts[0], parts[1])
-                cam["seq"] = payload.get("seq")
-                counts = collections.Counter(d.get("label", "?") for d in payload.get("detections") or ())
+                cam["seq"] = values["seq"]
+                counts = collections.Counter(values["labels"])
                 cam["labels"] = ", ".join("{} x{}".format(k, v) if v > 1 else k for k, v in sorted(counts.items()))
 
     def render(self):
@@ -62,18 +139,20 @@ class Board(object):
             for name, dev in self.devices.items():
                 cams = dev["cameras"] or {"-": {"fps": None, "stages": {}, "seq": None, "labels": ""}}
                 sp = dev["spool"]
-                spool = "{}/{}".format(sp.get("queued", "?"), sp.get("dropped_boot", "?")) if sp else "-"
+                spool = "{}/{}".format(*("?" if sp[k] is None else sp[k] for k in ("queued", "dropped_boot"))) \
+                    if sp else "-"
                 for cam_id, cam in cams.items():
-                    stages = []
-                    for s in STAGE_COLUMNS:
-                        st = cam["stages"].get(s)
-                        stages.append("{:.1f}/{:.1f}".format(st["p50"], st["p95"]) if st else "-")
-                    fps = "{:.1f}".format(cam["fps"]) if cam["fps"] is not None else "-"
+                    stages = ["{}/{}".format(*map(_ms, cam["stages"][s])) if s in cam["stages"] else "-"
+                              for s in STAGE_COLUMNS]
                     seq = str(cam["seq"]) if cam["seq"] is not None else "-"
-                    rows.append([name, dev["state"], spool, cam_id, fps] + stages + [seq, cam["labels"] or "-"])
-        widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
-        lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows]
-        return "\n".join(lines) + "\n"
+                    rows.append([name, dev["state"], spool, cam_id, _ms(cam["fps"])] + stages +
+                                [seq, cam["labels"] or "-"])
+            tail = ["skipped {} malformed message(s); last: {}".format(self.skipped, self.last_skipped)] \
+                if self.skipped else []
+        rows = [[_printable(c) for c in r] for r in rows]
+        widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows]
+        return "\n".join(lines + [_printable(t) for t in tail]) + "\n"
 
 
 @click.command("watch")
@@ -114,17 +193,20 @@ def watch(broker, prefix, as_json, count, timeout, username, ca):
     def on_message(msg):
         if done.is_set():
             return
+        parts = msg.topic[len(prefix) + 1:].split("/")
         try:
             payload = json.loads(msg.payload.decode("utf-8"))
-        except ValueError:
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested beyond the parser's depth
             payload = {"bytes": len(msg.payload)}
-        parts = msg.topic[len(prefix) + 1:].split("/")
+            if not as_json:
+                board.skip(parts, "not JSON ({} bytes)".format(len(msg.payload)))
+        else:
+            if not as_json:
+                board.update(parts, payload)
         if as_json:
             with out_lock:
                 sys.stdout.write(json.dumps({"topic": msg.topic, "payload": payload}, separators=(",", ":")) + "\n")
                 sys.stdout.flush()
-        else:
-            board.update(parts, payload)
         seen[0] += 1
         if count and seen[0] >= count:
             done.set()
