@@ -105,6 +105,7 @@ class Pipeline(object):
         self._done = threading.Event()
         self._go = threading.Event()
         self._rr = 0  # the camera the inference thread looks at first next time
+        self._beats = {}  # thread name -> monotonic time it last went round its loop (liveness)
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -174,6 +175,23 @@ class Pipeline(object):
     def processed(self):
         return self._processed
 
+    def _beat(self, name):
+        self._beats[name] = time.monotonic()
+
+    def stalest_thread(self):
+        """(name, seconds since it last went round its loop) of the pipeline thread that is
+        most behind: each loop waits at most ~0.5 s, so a large age is a hang (a blocked
+        write, a stuck inference), while a camera that is down only makes its feeder wait."""
+        beats = dict(self._beats)
+        if not beats:
+            return None, 0.0
+        name = min(beats, key=beats.get)
+        return name, time.monotonic() - beats[name]
+
+    def camera_states(self):
+        """{camera id: running | waiting | stalled | ended}."""
+        return {c.id: "ended" if c.ended.is_set() else c.source.state for c in self.cameras}
+
     @property
     def first_frame_done(self):
         return self._processed > 0
@@ -181,9 +199,11 @@ class Pipeline(object):
     def status(self):
         model = self._model
         cams = {}
+        states = self.camera_states()
         for c in self.cameras:
-            cams[c.id] = {"source": c.cam.source, "fps": round(c.stats.fps(), 2), "frames": c.frames,
-                          "dropped": c.dropped + c.source.stats.dropped, "reconnects": c.source.stats.reconnects}
+            cams[c.id] = {"source": c.cam.source, "state": states[c.id], "fps": round(c.stats.fps(), 2),
+                          "frames": c.frames, "dropped": c.dropped + c.source.stats.dropped,
+                          "reconnects": c.source.stats.reconnects}
         fps = sum(c["fps"] for c in cams.values())
         return {
             "state": self._state,
@@ -197,8 +217,10 @@ class Pipeline(object):
 
     def timing_summaries(self):
         out = {}
+        states = self.camera_states()
         for c in self.cameras:
             summary = c.stats.summary()
+            summary["state"] = states[c.id]
             summary["dropped"] = c.dropped + c.source.stats.dropped
             summary["queue_depth"] = c.queue.qsize()
             out[c.id] = summary
@@ -259,8 +281,10 @@ class Pipeline(object):
     def _feed(self, camera):
         """Read, letterbox and queue frames of one camera until it ends or the pipeline stops."""
         source = camera.source
+        beat = "feed-" + camera.id
         try:
             while not self._stop.is_set() and not camera.ended.is_set():
+                self._beat(beat)
                 if camera.max_frames and camera.frames >= camera.max_frames:
                     break
                 try:
@@ -288,9 +312,11 @@ class Pipeline(object):
             log.exception("%s: feeder failed", camera.id)
         finally:
             self._enqueue(camera, _END)
+            self._beats.pop(beat, None)  # an ended camera is not a hung thread
 
     def _enqueue(self, camera, item):
         while True:
+            self._beat("feed-" + camera.id)
             try:
                 camera.queue.put(item, timeout=0.1 if not camera.source.live else 0)
                 break
@@ -331,12 +357,14 @@ class Pipeline(object):
             else:
                 if self._stop.is_set() and all(c.queue.empty() for c in cams):
                     return None
+                self._beat("infer")
                 with self._ready:
                     self._ready.wait(0.05)
 
     def _infer_loop(self):
         try:
             while True:
+                self._beat("infer")
                 if self._swap is not None:
                     self._do_swap()
                 got = self._next_item()
@@ -387,7 +415,11 @@ class Pipeline(object):
     def _output_loop(self):
         try:
             while True:
-                got = self._out.get()
+                self._beat("output")
+                try:
+                    got = self._out.get(timeout=0.5)
+                except queue.Empty:
+                    continue
                 if got is _END:
                     break
                 camera, frame, model, result, times, t_infer = got

@@ -4,9 +4,12 @@
 below does the work every tick:
 
 - READY=1 once the first frame went through the whole pipeline (engine loaded,
-  camera delivering), so ``systemctl start`` returning means detections flow;
-- WATCHDOG=1 only while ``pipeline.processed`` advances: a stuck camera, GPU or
-  thread stops the pings and systemd restarts the agent (WatchdogSec=);
+  camera delivering), so ``systemctl start`` returning means detections flow; or,
+  when no camera is up yet, once the engine is loaded: the agent is ready and
+  keeps retrying the cameras (STATUS= names them: ``cam0=waiting``);
+- WATCHDOG=1 while every pipeline thread goes round its loop: a hung inference or
+  output thread stops the pings and systemd restarts the agent (WatchdogSec=); a
+  camera that is down or stalled does not, the agent retries it instead;
 - while ``Pipeline.start()`` runs (loading, or building an engine for minutes)
   the start timeout is extended with EXTEND_TIMEOUT_USEC= and STATUS= shows the
   latest log line of the agent ("building ...");
@@ -28,6 +31,7 @@ TICK_S = 0.5
 EXTEND_EVERY_S = 10.0  # while starting: ask systemd for EXTEND_S more every EXTEND_EVERY_S
 EXTEND_S = 30.0
 MAX_START_S = 3600.0  # a first TensorRT build can take ~10 min; more than an hour is a hang
+HUNG_AFTER_S = 2.0  # a pipeline thread waits at most ~0.5 s per loop: this long without a round is a hang
 STOP_TIMEOUT_S = 5.0  # each of pipeline.stop() and sink.close(): well inside TimeoutStopSec=20
 HANDLED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
 
@@ -97,9 +101,11 @@ def _sink_states(sinks):
 def status_line(status, sink_states):
     """The one-line STATUS= text: state, size, backend, FPS, sinks."""
     sinks = " ".join("{}={}".format(k.replace("Sink", "").lower() or k, v) for k, v in sorted(sink_states.items()))
-    return "{} size={} backend={} fps={:.1f} cameras={} {}".format(
+    cams = status.get("cameras", {})
+    down = " ".join("{}={}".format(k, v["state"]) for k, v in sorted(cams.items()) if v.get("state") != "running")
+    return "{} size={} backend={} fps={:.1f} cameras={} {} {}".format(
         status.get("state", "?"), status.get("size", "?"), status.get("backend", "?"), status.get("fps", 0.0),
-        len(status.get("cameras", {})), sinks).strip()
+        len(cams), down, sinks).replace("  ", " ").strip()
 
 
 def _status_payload(config, pipeline, sinks):
@@ -113,7 +119,8 @@ def _status_key(payload):
     """What counts as a status change (not FPS, which moves every tick)."""
     cams = payload.get("cameras", {})
     return (payload.get("state"), payload.get("size"), payload.get("backend"), payload.get("engine_id"),
-            tuple(sorted(cams)), tuple(sorted(payload.get("sinks", {}).items())))
+            tuple(sorted((k, v.get("state")) for k, v in cams.items())),
+            tuple(sorted(payload.get("sinks", {}).items())))
 
 
 def _start(pipeline, flags):
@@ -151,14 +158,22 @@ def _start(pipeline, flags):
 
 
 def _reload(pipeline, config, config_path, overrides):
-    """Re-read the config (same overrides) and apply it; returns the config now in force."""
-    from .config import load_config
+    """Re-read the config (same overrides) and apply it; returns the config now in force.
+
+    Checks what ``run`` checks at start (load_config, then the sources). A bad file is one
+    ERROR line and the agent runs on: a reload must never take a working agent down.
+    """
+    from .config import check_sources, load_config
 
     sdnotify.reloading()
     try:
         new = load_config(config_path, overrides)
+        check_sources(new)
     except ConfigError as e:
         log.error("reload: keeping the running configuration: %s", e)
+        return config
+    except Exception as e:  # a loader bug: still no crash, still one line
+        log.error("reload: keeping the running configuration: %s: %s", type(e).__name__, e)
         return config
     try:
         pipeline.reload(new)
@@ -228,8 +243,8 @@ def _loop(pipeline, sinks, config, config_path, overrides, flags):
     watchdog = sdnotify.watchdog_interval()
     tick = min(TICK_S, watchdog / 4.0) if watchdog else TICK_S
     ready = False
+    hung = False
     last_ping = time.monotonic()
-    pinged_at = -1  # pipeline.processed when we last pinged
     next_timing = next_health = time.monotonic()
     last_key = None
     last_line = ""
@@ -250,16 +265,29 @@ def _loop(pipeline, sinks, config, config_path, overrides, flags):
             log.info("all sources ended: %d frame(s) processed", pipeline.processed)
             return 0
         now = time.monotonic()
-        processed = pipeline.processed
-        if not ready and pipeline.first_frame_done:
-            ready = True
-            log.info("ready: first frame processed")
-            sdnotify.ready("running")
         if not ready:
-            continue
-        if watchdog and now - last_ping >= watchdog / 2.0 and processed != pinged_at:
-            sdnotify.watchdog()
-            pinged_at, last_ping = processed, now
+            waiting = sorted(c for c, state in pipeline.camera_states().items() if state != "running")
+            if pipeline.first_frame_done:
+                log.info("ready: first frame processed")
+            elif waiting and len(waiting) == len(pipeline.cameras):
+                # No camera is up (yet): the agent itself is ready, and retries them.
+                log.warning("ready without frames: waiting for camera(s) %s", ", ".join(waiting))
+            else:
+                continue
+            ready = True
+            sdnotify.ready("running")
+        # The watchdog watches the agent, not the cameras: ping while every pipeline thread
+        # goes round its loop. A hung inference or output thread stops the pings; a camera
+        # that is down or stalled does not (its feeder keeps waiting, and retrying).
+        thread, age = pipeline.stalest_thread()
+        stuck = age >= max((watchdog or 0.0) / 2.0, HUNG_AFTER_S)
+        if watchdog and now - last_ping >= watchdog / 2.0:
+            if not stuck:
+                sdnotify.watchdog()
+                last_ping = now
+            elif not hung:
+                log.error("thread %s made no progress for %.1f s: no more watchdog pings", thread, age)
+        hung = stuck
         payload = _status_payload(config, pipeline, sinks)
         line = status_line(payload, payload["sinks"])
         if line != last_line:
@@ -274,5 +302,5 @@ def _loop(pipeline, sinks, config, config_path, overrides, flags):
                 _each_sink(sinks, "timing", camera_id, summary)
             next_timing = now + config.mqtt.timing_interval_s
         if now >= next_health:
-            _each_sink(sinks, "health", read_health())
+            _each_sink(sinks, "health", dict(read_health(), cameras=pipeline.camera_states()))
             next_health = now + config.health.interval_s

@@ -43,12 +43,17 @@ class RollingStats(object):
             self._done.append(now() if done_at is None else done_at)
             self.frames += 1
 
-    def fps(self):
+    def fps(self, at=None):
+        """Frames per second over the window; 0 once no frame came for 3 frame intervals (at
+        least 1 s): a stalled camera reads 0, not the rate from before the stall."""
         with self._lock:
             done = list(self._done)
         if len(done) < 2 or done[-1] <= done[0]:
             return 0.0
-        return (len(done) - 1) / (done[-1] - done[0])
+        interval = (done[-1] - done[0]) / (len(done) - 1)
+        if (now() if at is None else at) - done[-1] > max(1.0, 3 * interval):
+            return 0.0
+        return 1.0 / interval
 
     def summary(self):
         """{'fps': f, 'frames': n, 'stages': {stage: {'p50','p95','p99','mean'}}} in ms."""

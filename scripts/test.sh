@@ -17,7 +17,12 @@ if [ -n "$py36" ]; then
   echo "check: runtime code compiles with a real Python 3.6 ($py36)"
   "$py36" -m compileall -q agent >/dev/null
 fi
+# Debian's OpenCV with GStreamer in .venv-gst (as on a Jetson), and gst-rtsp-server, which the
+# systemd tests also use as a camera that comes back.
+scripts/setup_gst.sh
 $PY -m pytest -q -p no:cacheprovider "$@" tests
+echo "check: the GStreamer paths (gst://, CSI, Jetson RTSP H.264/H.265) with Debian's OpenCV (.venv-gst)"
+REQUIRE_GSTREAMER=1 .venv-gst/bin/python -m pytest -q -p no:cacheprovider tests/test_gstreamer.py
 if [ -n "$py36" ]; then
   echo "check: the test suite under Python 3.6 with JetPack 4's dependency releases (scripts/test_py36.sh)"
   scripts/test_py36.sh "$py36" "$@"

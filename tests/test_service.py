@@ -7,6 +7,7 @@ process with the real Pipeline and a real FrameSource that stops delivering.
 """
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -19,6 +20,8 @@ import uuid
 import pytest
 
 from agent import sdnotify
+from agent.errors import SourceError
+from agent.publish.base import Sink
 from conftest import ROOT
 
 
@@ -144,6 +147,14 @@ def test_lifecycle_ready_watchdog_reload_stop(tmp_path, listener, demo_models, s
         n = len(read_records(out))
         time.sleep(1.0)
         assert proc.poll() is None and len(read_records(out)) > n
+        # Not even UTF-8 (issue 14: this one used to kill the agent with a traceback).
+        (tmp_path / "config.yaml").write_bytes(b"# cam\xe9ra\n")
+        t_bad = time.monotonic()
+        proc.send_signal(signal.SIGHUP)
+        listener.wait_for("READY", timeout=15, after=t_bad, proc=proc)
+        n = len(read_records(out))
+        time.sleep(1.0)
+        assert proc.poll() is None and len(read_records(out)) > n
 
         t_term = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -156,6 +167,7 @@ def test_lifecycle_ready_watchdog_reload_stop(tmp_path, listener, demo_models, s
     assert time.monotonic() - t_term < 20
     listener.wait_for("STOPPING", timeout=1, after=t_term)
     assert "reload: keeping the running configuration: size:" in stderr
+    assert "reload: keeping the running configuration: {}: not UTF-8 text".format(config) in stderr
     assert "Traceback" not in stderr
 
 
@@ -200,64 +212,102 @@ def test_health_timing_status_over_mqtt(tmp_path, listener, demo_models, small_v
         proc.communicate()
 
 
-class StallingSource(object):
-    """A real video source that stops delivering after ``frames`` frames, like an unplugged camera."""
-
-    live = True
-
-    def __init__(self, inner, frames):
-        self.inner, self.left, self.stats, self.uri = inner, frames, inner.stats, inner.uri
-
-    def read(self, timeout_ms=1000):
-        if self.left <= 0:
-            time.sleep(timeout_ms / 1000.0)  # the capture contract: None after the timeout
-            return None
-        self.left -= 1
-        return self.inner.read(timeout_ms)
-
-    def close(self):
-        self.inner.close()
-
-
-def test_watchdog_stops_when_camera_stalls(tmp_path, listener, demo_models, small_video, monkeypatch):
+def _run_with_observer(tmp_path, listener, demo_models, small_video, monkeypatch, observe, sinks=None, source=None):
+    """run_agent under a 0.6 s watchdog, with ``observe(out)`` on a thread; SIGTERM when it returns."""
     from agent import pipeline as pipeline_module
     from agent.config import load_config
     from agent.publish import JsonLinesSink
     from agent.service import run_agent
-    from agent.sources import open_source
 
     monkeypatch.setenv("NOTIFY_SOCKET", listener.name)
     monkeypatch.setenv("WATCHDOG_USEC", "600000")
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     assert sdnotify.watchdog_interval() == 0.6
-    # The real sources, wrapped: the first camera delivers 20 frames, then nothing.
-    monkeypatch.setattr(pipeline_module, "open_source", lambda cam: StallingSource(open_source(cam), 20))
+    if source is not None:
+        monkeypatch.setattr(pipeline_module, "open_source", lambda cam: source)
     out = str(tmp_path / "out.jsonl")
     config = load_config(write_config(tmp_path / "config.yaml", demo_models, small_video, out), environ={})
     result = {}
 
     def observer():
         try:
-            (t_ready, _), = listener.wait_for("READY", timeout=60)
-            listener.wait_for("WATCHDOG", count=1, timeout=10, after=t_ready)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and len(read_records(out)) < 20:
-                time.sleep(0.05)
-            result["records"] = len(read_records(out))
-            t_stalled = time.monotonic() + 0.7  # one ping may still be due for the last frames
-            time.sleep(2.5)
-            result["pings_after_stall"] = [t for t, _ in listener.fields("WATCHDOG") if t > t_stalled]
+            observe(out, result)
         finally:
             os.kill(os.getpid(), signal.SIGTERM)  # run_agent's handler: stop like systemd would
 
     thread = threading.Thread(target=observer, daemon=True)
     thread.start()
-    code = run_agent(config, [JsonLinesSink(out)], pipeline_factory=pipeline_module.Pipeline)
+    code = run_agent(config, [JsonLinesSink(out)] + list(sinks or []), pipeline_factory=pipeline_module.Pipeline)
     thread.join(5)
     assert code == 0
-    assert result["records"] == 20
-    assert result["pings_after_stall"] == []  # systemd would now restart the agent
     assert listener.fields("STOPPING")
+    return result
+
+
+def test_a_stalled_camera_keeps_the_watchdog_fed_and_shows_stalled(tmp_path, listener, demo_models, small_video,
+                                                                    monkeypatch):
+    from test_sources import ScriptedSource
+
+    # A real LiveSource: 20 frames, then its read blocks (an unplugged camera), then every
+    # reopen fails. The agent must stay up, say "stalled", FPS 0, and keep pinging.
+    unblock = threading.Event()
+    source = ScriptedSource(small_video, [{"mode": "block", "after": 20, "unblock": unblock, "period": 0.04}]
+                            + [SourceError("scripted://video.mp4: cannot open device")] * 1000, stall_timeout_s=0.5)
+
+    def observe(out, result):
+        (t_ready, _), = listener.wait_for("READY", timeout=60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any("cam0=stalled" in v for _, v in listener.fields("STATUS")):
+            time.sleep(0.05)
+        t_stalled = time.monotonic()
+        result["records_at_stall"] = len(read_records(out))
+        time.sleep(2.0)
+        result["records"] = len(read_records(out))
+        result["pings_after_stall"] = [t for t, _ in listener.fields("WATCHDOG") if t > t_stalled]
+        result["status"] = [v for t, v in listener.fields("STATUS") if t > t_stalled - 0.1]
+
+    try:
+        result = _run_with_observer(tmp_path, listener, demo_models, small_video, monkeypatch, observe,
+                                    source=source.start())
+    finally:
+        unblock.set()
+    assert 0 < result["records"] == result["records_at_stall"] <= 20  # nothing new while stalled
+    assert len(result["pings_after_stall"]) >= 3  # every 0.3 s: systemd leaves a retrying agent alone
+    assert any("fps=0.0" in v and "cam0=stalled" in v for v in result["status"]), result["status"]
+
+
+class HangingSink(Sink):
+    """A sink whose write blocks after ``after`` records: a consumer that stopped reading."""
+
+    def __init__(self, after):
+        self.after, self.count, self.release = after, 0, threading.Event()
+
+    def emit(self, record, image=None):
+        self.count += 1
+        if self.count > self.after:
+            self.release.wait(60)
+
+    def close(self, timeout=5.0):
+        self.release.set()
+
+
+def test_a_hung_output_thread_stops_the_watchdog(tmp_path, listener, demo_models, small_video, monkeypatch):
+    sink = HangingSink(after=10)
+
+    def observe(out, result):
+        (t_ready, _), = listener.wait_for("READY", timeout=60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sink.count <= sink.after:
+            time.sleep(0.05)
+        t_hung = time.monotonic() + 2.4  # HUNG_AFTER_S, and one ping may still be due
+        time.sleep(4.5)
+        result["pings_after_hang"] = [t for t, _ in listener.fields("WATCHDOG") if t > t_hung]
+        result["pings_before"] = [t for t, _ in listener.fields("WATCHDOG") if t_ready <= t < t_hung - 2.4]
+        sink.release.set()
+
+    result = _run_with_observer(tmp_path, listener, demo_models, small_video, monkeypatch, observe, sinks=[sink])
+    assert result["pings_before"]
+    assert result["pings_after_hang"] == []  # systemd would now restart the agent
 
 
 def test_sdnotify_without_socket_is_noop(monkeypatch):
@@ -278,3 +328,24 @@ def test_sdnotify_path_socket(tmp_path, monkeypatch):
         assert sock.recv(1024).decode() == "EXTEND_TIMEOUT_USEC=90000000\nSTATUS=building fast"
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("text", [b"# cam\xe9ra\n", b"a: " + b"[" * 20000 + b"]" * 20000, b"max_frames: .nan\n",
+                                  b"cameras: [{id: a, source: /nonexistent/v.mp4}]\n"],
+                         ids=["non-utf8", "nested", "nan", "missing-source"])
+def test_a_bad_reload_keeps_the_running_config_with_one_error_line(tmp_path, caplog, text):
+    from agent.config import load_config
+    from agent.service import _reload
+
+    class Pipeline(object):
+        def reload(self, new):
+            raise AssertionError("a bad config reached the pipeline")
+
+    running = load_config(environ={}, check_files=False)
+    path = tmp_path / "config.yaml"
+    path.write_bytes(text)
+    with caplog.at_level(logging.INFO, logger="edge_agent"):
+        assert _reload(Pipeline(), running, str(path), {}) is running
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert errors[0].startswith("reload: keeping the running configuration: ")

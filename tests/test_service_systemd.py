@@ -213,6 +213,47 @@ def test_bad_config_exits_78_and_is_not_restarted(systemd, installed):
     systemd.wait("active", lambda: _active(systemd), 60)
 
 
+OUTAGE_S = 180
+RTSP_SERVER = os.path.join(ROOT, "tests", "gst_rtsp_server.py")
+
+
+def _rtsp_server_missing():
+    probe = "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"
+    return subprocess.call(["/usr/bin/python3", "-c", probe], stderr=subprocess.DEVNULL) != 0
+
+
+@pytest.mark.skipif(_rtsp_server_missing(), reason="needs gst-rtsp-server (scripts/setup_gst.sh installs it)")
+def test_camera_unreachable_for_3_minutes_at_boot_keeps_the_unit_up(systemd, installed):
+    from conftest import free_port
+
+    port = free_port()
+    systemd.write_config("cameras:\n  - id: cam0\n    source: rtsp://127.0.0.1:{}/cam\n".format(port))
+    systemd.run(["systemctl", "reset-failed", UNIT])
+    systemd.run(["systemctl", "restart", UNIT])  # READY without frames: the agent is up, the camera is not
+    systemd.wait("ready, waiting for cam0", lambda: "cam0=waiting" in systemd.show("StatusText")["StatusText"], 30)
+    start = systemd.show("MainPID", "NRestarts")
+    assert start["NRestarts"] == "0"
+    deadline = time.monotonic() + OUTAGE_S
+    while time.monotonic() < deadline:
+        time.sleep(10)
+        assert systemd.show("ActiveState", "MainPID", "NRestarts") == dict(start, ActiveState="active")
+    server = subprocess.Popen(["/usr/bin/python3", RTSP_SERVER, "h264", str(port)], stdout=subprocess.PIPE)
+    try:
+        assert server.stdout.readline().strip() == str(port).encode()
+        t0 = time.monotonic()
+        records = systemd.wait("records from the camera", lambda: [
+            r for r in systemd.records() if r["camera_id"] == "cam0" and r["image"]["width"] == 320], 30)
+        print("records {:.1f} s after the camera came back".format(time.monotonic() - t0))
+        assert time.monotonic() - t0 <= 10.0
+        assert systemd.show("ActiveState", "MainPID", "NRestarts") == dict(start, ActiveState="active")
+        assert records[0]["frame_index"] == 0
+    finally:
+        server.kill()
+        server.wait()
+        systemd.write_config("")
+        systemd.run(["systemctl", "restart", UNIT])
+
+
 def test_live_unit_security_exposure_is_at_most_2(systemd, installed):
     out = systemd.run(["systemd-analyze", "security", UNIT, "--no-pager"])
     score = float(re.search(r"Overall exposure level for edge-agent\.service: ([0-9.]+)", out).group(1))

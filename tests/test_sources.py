@@ -365,7 +365,42 @@ def test_live_close_is_prompt_with_reader_stuck_in_read(video, caplog):
     assert src.opened[0].released
 
 
-def test_live_first_open_failure_raises():
-    src = ScriptedSource("cam.avi", [SourceError("scripted://cam.avi: cannot open device")], stall_timeout_s=1)
-    with pytest.raises(SourceError, match="scripted://cam.avi"):
-        src.start()
+def test_live_camera_down_at_start_waits_then_runs(video, caplog):
+    caplog.set_level(logging.INFO, logger="edge_agent.sources")
+    # Down for the first three opens (cameras often come up after the Jetson), then fine.
+    down = [SourceError("scripted://count.avi: cannot open device")] * 3
+    t0 = time.monotonic()
+    src = ScriptedSource(video, down + [{"period": 0.01}], stall_timeout_s=1).start()
+    try:
+        assert time.monotonic() - t0 < 1.0  # start() does not wait for the camera to come up
+        assert src.state == "waiting"
+        assert src.read(timeout_ms=100) is None
+        assert wait_frame(src, 10) is not None  # retried with backoff 0.5 + 1 + 2 s
+        assert src.state == "running"
+        assert src.stats.reconnects == 3
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert warnings == ["scripted://count.avi: cannot open device; retrying in 0.5 s (attempt 1)"]  # once per outage
+    finally:
+        src.close()
+
+
+def test_live_stalled_state_then_frames_again(video, caplog):
+    caplog.set_level(logging.INFO, logger="edge_agent.sources")
+    unblock = threading.Event()
+    src = ScriptedSource(video, [{"mode": "block", "after": 3, "unblock": unblock}, {}], stall_timeout_s=0.5).start()
+    try:
+        assert wait_frame(src, 5) is not None and src.state == "running"
+        deadline = time.monotonic() + 5
+        while src.state != "stalled" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert src.state == "stalled"
+        assert not any("again" in r.getMessage() for r in caplog.records)  # not while still stalled
+        unblock.set()
+        deadline = time.monotonic() + 5
+        while src.state != "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert src.state == "running"
+        assert any(r.getMessage() == "scripted://count.avi: frames flowing again" for r in caplog.records)
+    finally:
+        unblock.set()
+        src.close()

@@ -129,6 +129,7 @@ class MqttSink(Sink):
         self._inflight = collections.OrderedDict()
         self._status = {}
         self._status_dirty = False
+        self._rejected_logged_at = -60.0
         self._counters_at = 0.0
         self._counters_sent = None
         self.dropped_qos0 = 0
@@ -196,7 +197,7 @@ class MqttSink(Sink):
                    "interval_s": self.config.mqtt.timing_interval_s,
                    "fps": summary.get("fps", 0.0), "frames": summary.get("frames", 0),
                    "dropped": summary.get("dropped", 0), "queue_depth": summary.get("queue_depth", 0),
-                   "stages": summary.get("stages", {})}
+                   "state": summary.get("state", "running"), "stages": summary.get("stages", {})}
         topic = "{}/{}/timing".format(self.base, camera_id)
         self._put((_PLAIN, topic, self.config.mqtt.qos_timing, payload, 0, False))
 
@@ -426,7 +427,11 @@ class MqttSink(Sink):
                 continue
             if not ok:
                 self.rejected += 1
-                log.warning("MQTT broker %s rejected a publish (record %d)", self.url, ordinal)
+                # An ACL that denies our topics rejects every record: one line a minute, not one a record.
+                if time.monotonic() - self._rejected_logged_at >= 60.0:
+                    self._rejected_logged_at = time.monotonic()
+                    log.warning("MQTT broker %s rejected a publish (record %d; %d rejected so far; ACL?)",
+                                self.url, ordinal, self.rejected)
             msg = self._inflight.pop(ordinal, None)
             if msg is not None and msg.conn == self._conn:
                 self._live -= 1
@@ -483,17 +488,22 @@ class MqttSink(Sink):
     def _publish_housekeeping(self):
         if not self._connected:
             return
+        # The retained spool counters follow the backlog (at most once a second), so they read
+        # queued 0 once a drain is done; the status's copy is refreshed when the spool empties
+        # or fills.
+        now = time.monotonic()
+        fields = self._counter_fields()
+        sent = self._counters_sent
+        if fields != sent and now - self._counters_at >= 1.0:
+            if sent is not None and (fields["queued"] == 0) != (sent["queued"] == 0):
+                self._status_dirty = True
+            self._counters_sent, self._counters_at = fields, now
+            self._client.publish(self.base + "/spool", dumps(self.counters()), qos=1, retain=True)
         if self._status_dirty:
             self._status_dirty = False
             self._status["timestamp"] = round(time.time(), 3)
-            self._status["spool"] = self._counter_fields()
+            self._status["spool"] = fields
             self._client.publish(self.base + "/status", dumps(self._status), qos=1, retain=True)
-        now = time.monotonic()
-        fields = self._counter_fields()
-        del fields["queued"]
-        if fields != self._counters_sent and now - self._counters_at >= 1.0:
-            self._counters_sent, self._counters_at = fields, now
-            self._client.publish(self.base + "/spool", dumps(self.counters()), qos=1, retain=True)
 
     def _counter_fields(self):
         c = self.counters()
@@ -529,6 +539,7 @@ class MqttSink(Sink):
                 out[dst] = status[src]
         if status.get("cameras"):  # the service's first status comes before the cameras open
             out["cameras"] = sorted(status["cameras"])
+            out["camera_states"] = {k: v.get("state", "running") for k, v in status["cameras"].items()}
         return out
 
     def _offline(self, reason):

@@ -10,6 +10,10 @@ Contract (every source honours it):
 - Live sources capture on their own thread and keep only the newest frame
   (freshest-frame policy); frames overwritten before being read count as dropped.
   A live source without a frame for ``stall_timeout_s`` is reopened with backoff.
+- A live source whose device is down when it starts does not fail: it is
+  ``waiting`` and keeps trying with capped backoff (cameras often come up after
+  the Jetson). ``state`` says where a source is: ``running``, ``waiting`` (no
+  frame yet), ``stalled`` (frames stopped; reopening) or ``ended``.
 - ``close()`` releases the device (always: a CSI camera left open wedges nvargus).
 """
 
@@ -46,6 +50,7 @@ class FrameSource(object):
 
     uri = ""
     live = False
+    state = "running"  # running | waiting | stalled | ended (see the contract)
 
     def __init__(self):
         self.stats = SourceStats()

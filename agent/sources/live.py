@@ -8,7 +8,8 @@ camera repeats its last frame forever, opencv#5221) or a failed read abandons
 that reader and reopens with exponential backoff. A reader stuck in a native
 read cannot be interrupted from Python: it is left as a daemon and releases its
 capture if the read ever returns. So neither ``read()`` nor ``close()`` of the
-caller ever waits on the device.
+caller ever waits on the device. A device that cannot be opened at start is not
+an error either: the source is ``waiting`` and the supervisor keeps trying.
 """
 
 import logging
@@ -52,8 +53,8 @@ class LiveSource(FrameSource):
 
     live = True
     BACKOFF_MIN_S = 0.5
-    BACKOFF_MAX_S = 10.0
-    OPEN_TIMEOUT_S = 20.0  # how long open waits for the first open to finish
+    BACKOFF_MAX_S = 5.0  # a camera that comes back is read again within ~5 s
+    OPEN_TIMEOUT_S = 20.0  # how long start() waits for the first open attempt to finish
     JOIN_TIMEOUT_S = 1.0  # how long close waits for each thread
 
     def __init__(self, uri, stall_timeout_s=5.0):
@@ -67,9 +68,9 @@ class LiveSource(FrameSource):
         self._closed = False
         self._stop = threading.Event()
         self._started = threading.Event()
-        self._open_error = None
         self._gen = None
         self._supervisor = None
+        self.state = "waiting"
 
     # -- subclass hook ------------------------------------------------------------------
 
@@ -80,15 +81,12 @@ class LiveSource(FrameSource):
     # -- caller side --------------------------------------------------------------------
 
     def start(self):
-        """Open the device and start capturing; raise SourceError if the first open fails."""
+        """Start capturing; wait (at most OPEN_TIMEOUT_S) for the first open attempt, never fail on it."""
         self._supervisor = threading.Thread(target=self._supervise, name="capture-" + self.uri[:40])
         self._supervisor.daemon = True
         self._supervisor.start()
         if not self._started.wait(self.OPEN_TIMEOUT_S):
-            self._stop.set()
-            raise SourceError("{}: did not open within {:.0f} s".format(self.uri, self.OPEN_TIMEOUT_S))
-        if self._open_error is not None:
-            raise self._open_error
+            log.warning("%s: still opening after %.0f s; going on without it", self.uri, self.OPEN_TIMEOUT_S)
         return self
 
     def read(self, timeout_ms=1000):
@@ -130,28 +128,25 @@ class LiveSource(FrameSource):
     # -- threads ------------------------------------------------------------------------
 
     def _supervise(self):
-        backoff = self.BACKOFF_MIN_S
-        attempt = 0
-        reason = ""
-        first = True
+        backoff, failures, reason = self.BACKOFF_MIN_S, 0, ""
         while not self._stop.is_set():
-            if not first:
-                attempt += 1
+            if failures:
                 self.stats.reconnects += 1
                 self.stats.last_error = reason
-                log.warning("%s: %s; reopening in %.1f s (attempt %d)", self.uri, reason, backoff, attempt)
+                # One WARNING per outage, then DEBUG: a camera down for hours must not flood the journal.
+                log.log(logging.WARNING if failures == 1 else logging.DEBUG,
+                        "%s: %s; %s in %.1f s (attempt %d)", self.uri, reason,
+                        "reopening" if self._gen is not None else "retrying", backoff, failures)
                 if self._stop.wait(backoff):
                     break
                 backoff = min(backoff * 2, self.BACKOFF_MAX_S)
             try:
                 cap = self._open()
             except Exception as exc:  # a driver can raise anything; the reason is kept
-                if first:
-                    self._open_error = exc if isinstance(exc, SourceError) else SourceError(
-                        "{}: cannot open: {}".format(self.uri, exc))
-                    self._started.set()
-                    return
-                reason = "open failed: {}".format(exc)
+                reason = str(exc) if isinstance(exc, SourceError) else "cannot open: {}".format(exc)
+                reason = reason[len(self.uri) + 2:] if reason.startswith(self.uri + ": ") else reason
+                failures += 1
+                self._started.set()  # start() goes on without it: the camera may come up later
                 continue
             if self._stop.is_set():  # closed while the open was in progress
                 cap.release()
@@ -161,19 +156,19 @@ class LiveSource(FrameSource):
             gen.thread.daemon = True
             self._gen = gen
             gen.thread.start()
-            if first:
-                first = False
+            if not self._started.is_set():
                 log.info("%s: opened", self.uri)
                 self._started.set()
-            elif attempt:
-                log.info("%s: reopened", self.uri)
+            # Coming back is logged by the reader at the first frame: an open stream can stay silent.
             reason = self._watch(gen)
             gen.stop.set()
             if reason is None:
                 break
+            if self.stats.captured:
+                self.state = "stalled"
             if gen.frames:
-                backoff = self.BACKOFF_MIN_S
-                attempt = 0
+                backoff, failures = self.BACKOFF_MIN_S, 0
+            failures += 1
             # Give the reader a moment to release the device before reopening it.
             gen.thread.join(self.JOIN_TIMEOUT_S)
             if gen.thread.is_alive():
@@ -205,6 +200,9 @@ class LiveSource(FrameSource):
                     gen.failed = "read() returned no frame"
                     break
                 signature = image_signature(image)
+                if self.state != "running":  # before the frame is visible: read() then sees "running"
+                    self.state = "running"
+                    log.info("%s: frames flowing%s", self.uri, " again" if self.stats.reconnects else "")
                 with self._cond:
                     if gen.stop.is_set() or self._closed:
                         break
