@@ -18,15 +18,19 @@ def class_names(metadata, labels_path=None):
     raw = (metadata or {}).get("names")
     if not raw:
         return {}
+    # Names are cosmetic: metadata we cannot read means numeric labels, never a crash.
     try:
         value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         try:
             value = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             return {}
-    if isinstance(value, dict):
-        return {int(k): str(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return dict(enumerate(str(v) for v in value))
+    try:
+        if isinstance(value, dict):
+            return {int(k): str(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return dict(enumerate(str(v) for v in value))
+    except (TypeError, ValueError, OverflowError):
+        pass
     return {}

@@ -140,21 +140,15 @@ def test_lifecycle_ready_watchdog_reload_stop(tmp_path, listener, demo_models, s
         assert len({r["boot_id"] for r in records}) == 1  # not restarted
 
         # A bad edit is refused with one error line; the agent keeps running on the old config.
-        (tmp_path / "config.yaml").write_text("size: huge\n")
-        t_bad = time.monotonic()
-        proc.send_signal(signal.SIGHUP)
-        listener.wait_for("READY", timeout=15, after=t_bad, proc=proc)
-        n = len(read_records(out))
-        time.sleep(1.0)
-        assert proc.poll() is None and len(read_records(out)) > n
-        # Not even UTF-8 (issue 14: this one used to kill the agent with a traceback).
-        (tmp_path / "config.yaml").write_bytes(b"# cam\xe9ra\n")
-        t_bad = time.monotonic()
-        proc.send_signal(signal.SIGHUP)
-        listener.wait_for("READY", timeout=15, after=t_bad, proc=proc)
-        n = len(read_records(out))
-        time.sleep(1.0)
-        assert proc.poll() is None and len(read_records(out)) > n
+        # The second is not even UTF-8 (issue 14: it used to kill the agent with a traceback).
+        for bad in (b"size: huge\n", b"# cam\xe9ra\n"):
+            (tmp_path / "config.yaml").write_bytes(bad)
+            t_bad = time.monotonic()
+            proc.send_signal(signal.SIGHUP)
+            listener.wait_for("READY", timeout=15, after=t_bad, proc=proc)
+            n = len(read_records(out))
+            time.sleep(1.0)
+            assert proc.poll() is None and len(read_records(out)) > n
 
         t_term = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -212,8 +206,10 @@ def test_health_timing_status_over_mqtt(tmp_path, listener, demo_models, small_v
         proc.communicate()
 
 
-def _run_with_observer(tmp_path, listener, demo_models, small_video, monkeypatch, observe, sinks=None, source=None):
-    """run_agent under a 0.6 s watchdog, with ``observe(out)`` on a thread; SIGTERM when it returns."""
+def _run_with_observer(tmp_path, listener, demo_models, small_video, monkeypatch, observe, sinks=None, source=None,
+                       extra_camera=None):
+    """run_agent under a 0.6 s watchdog, with ``observe(out)`` on a thread; SIGTERM when it returns.
+    ``source`` replaces the camera's source; ``extra_camera`` (id, source object) adds a second camera."""
     from agent import pipeline as pipeline_module
     from agent.config import load_config
     from agent.publish import JsonLinesSink
@@ -226,7 +222,15 @@ def _run_with_observer(tmp_path, listener, demo_models, small_video, monkeypatch
     if source is not None:
         monkeypatch.setattr(pipeline_module, "open_source", lambda cam: source)
     out = str(tmp_path / "out.jsonl")
-    config = load_config(write_config(tmp_path / "config.yaml", demo_models, small_video, out), environ={})
+    path = write_config(tmp_path / "config.yaml", demo_models, small_video, out)
+    if extra_camera is not None:
+        cam_id, extra = extra_camera
+        text = open(path).read().replace("output:", "  - {{id: {}, source: 'rtsp://127.0.0.1:9/x'}}\noutput:".format(
+            cam_id), 1)
+        open(path, "w").write(text)
+        real_open = pipeline_module.open_source
+        monkeypatch.setattr(pipeline_module, "open_source", lambda cam: extra if cam.id == cam_id else real_open(cam))
+    config = load_config(path, environ={})
     result = {}
 
     def observer():
@@ -349,3 +353,27 @@ def test_a_bad_reload_keeps_the_running_config_with_one_error_line(tmp_path, cap
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(errors) == 1 and "\n" not in errors[0], errors
     assert errors[0].startswith("reload: keeping the running configuration: ")
+
+
+def test_a_camera_down_at_start_leaves_the_agent_ready_and_the_others_running(tmp_path, listener, demo_models,
+                                                                              small_video, monkeypatch):
+    from test_sources import ScriptedSource
+
+    down = ScriptedSource(small_video, [SourceError("scripted://yard: cannot open device")] * 1000, stall_timeout_s=1)
+
+    def observe(out, result):
+        listener.wait_for("READY", timeout=60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(read_records(out)) < 20:
+            time.sleep(0.05)
+        time.sleep(1.5)  # a few status and watchdog rounds
+        result["cameras"] = {r["camera_id"] for r in read_records(out)}
+        result["records"] = len(read_records(out))
+        result["status"] = [v for _, v in listener.fields("STATUS")]
+        result["pings"] = len(listener.fields("WATCHDOG"))
+
+    result = _run_with_observer(tmp_path, listener, demo_models, small_video, monkeypatch, observe,
+                                extra_camera=("yard", down.start()))
+    assert result["cameras"] == {"cam0"} and result["records"] >= 20
+    assert any(v.startswith("running") and "yard=waiting" in v for v in result["status"]), result["status"]
+    assert result["pings"] >= 3

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 
@@ -227,6 +228,7 @@ def test_camera_unreachable_for_3_minutes_at_boot_keeps_the_unit_up(systemd, ins
     from conftest import free_port
 
     port = free_port()
+    before = len(systemd.journal())
     systemd.write_config("cameras:\n  - id: cam0\n    source: rtsp://127.0.0.1:{}/cam\n".format(port))
     systemd.run(["systemctl", "reset-failed", UNIT])
     systemd.run(["systemctl", "restart", UNIT])  # READY without frames: the agent is up, the camera is not
@@ -247,7 +249,19 @@ def test_camera_unreachable_for_3_minutes_at_boot_keeps_the_unit_up(systemd, ins
         assert time.monotonic() - t0 <= 10.0
         assert systemd.show("ActiveState", "MainPID", "NRestarts") == dict(start, ActiveState="active")
         assert records[0]["frame_index"] == 0
+        # Then a 45 s stall mid-stream (the camera process frozen, like a pulled cable): once
+        # this restarted a healthy agent (no pings for 41.9 s). Now: stalled, pinged, no restart.
+        os.kill(server.pid, signal.SIGSTOP)
+        systemd.wait("stalled", lambda: "cam0=stalled" in systemd.show("StatusText")["StatusText"], 20)
+        assert "fps=0.0" in systemd.show("StatusText")["StatusText"]
+        time.sleep(45)
+        seen = len(systemd.records())
+        os.kill(server.pid, signal.SIGCONT)
+        systemd.wait("records after the stall", lambda: len(systemd.records()) > seen + 10, 30)
+        assert systemd.show("ActiveState", "MainPID", "NRestarts") == dict(start, ActiveState="active")
+        assert not any("Watchdog timeout" in l for l in systemd.journal()[before:])
     finally:
+        os.kill(server.pid, signal.SIGCONT)
         server.kill()
         server.wait()
         systemd.write_config("")
