@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from typing import Any, Dict
 
 from . import __version__
 from .errors import BackendUnavailable, EngineError, ModelError
@@ -313,7 +314,8 @@ _SHAPE = (
     ("workspace_mb", "an integer or null", False), ("calib_cache_sha256", "a string or null", False),
     ("build_time_s", "a number or null", False), ("built_at", "a string or null", False),
 )
-_KINDS = {"a string": str, "an integer": int, "a number": (int, float), "a mapping": dict, "a list": list}
+_KINDS = {"a string": str, "an integer": int, "a number": (int, float), "a mapping": dict,
+          "a list": list}  # type: Dict[str, Any]
 
 
 def manifest_problem(manifest):

@@ -27,17 +27,23 @@ CONFIG = "/etc/edge-agent/config.yaml"
 CLEAN_ENV = ["env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
              "HOME=/root", "LANG=C.UTF-8"]
 
+# Where the checkout is seen inside the namespace: it may live under /tmp (CI clones can),
+# which the namespace's own /tmp hides. Not under the new /tmp either: systemd-tmpfiles
+# empties /tmp at boot.
+SRC = "/opt/edge-agent-src"
 BOOT = r"""
 set -e
 for top in etc var opt; do
     mkdir -p "$1/$top/upper" "$1/$top/work"
     mount -t overlay overlay -o "lowerdir=/$top,upperdir=$1/$top/upper,workdir=$1/$top/work" "/$top"
 done
+mkdir -p %s
+mount --bind "$2" %s
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 export container=other
 exec %s --system --unit=basic.target
-""" % SYSTEMD
+""" % (SRC, SRC, SYSTEMD)
 
 
 def _missing():
@@ -59,7 +65,7 @@ class Systemd(object):
 
     def __init__(self, workdir):
         self.proc = subprocess.Popen(["unshare", "--fork", "--pid", "--mount", "--mount-proc",
-                                      "--propagation", "private", "sh", "-c", BOOT, "boot", workdir],
+                                      "--propagation", "private", "sh", "-c", BOOT, "boot", workdir, ROOT],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.pid = None
         deadline = time.monotonic() + 10
@@ -77,7 +83,7 @@ class Systemd(object):
         assert state in ("running", "degraded"), state  # degraded: some unit unrelated to us
 
     def run(self, argv, check=True, timeout=60, input=None):
-        cmd = ["nsenter", "-t", str(self.pid), "-m", "-p", "--wd=" + ROOT] + CLEAN_ENV + list(argv)
+        cmd = ["nsenter", "-t", str(self.pid), "-m", "-p", "--wd=" + SRC] + CLEAN_ENV + list(argv)
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
                            timeout=timeout, input=input)
         if check and p.returncode != 0:
