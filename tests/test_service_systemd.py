@@ -83,7 +83,9 @@ class Systemd(object):
         assert state in ("running", "degraded"), state  # degraded: some unit unrelated to us
 
     def run(self, argv, check=True, timeout=60, input=None):
-        cmd = ["nsenter", "-t", str(self.pid), "-m", "-p", "--wd=" + SRC] + CLEAN_ENV + list(argv)
+        # Not nsenter --wd: it opens the directory on this side of the namespace.
+        cmd = (["nsenter", "-t", str(self.pid), "-m", "-p"] + CLEAN_ENV
+               + ["sh", "-c", 'cd {} && exec "$@"'.format(SRC), "sh"] + list(argv))
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
                            timeout=timeout, input=input)
         if check and p.returncode != 0:
