@@ -154,7 +154,7 @@ class Measurer(object):
             self.emit("tick", "{} {}".format(self.size, label), done, total)
 
     def run(self):
-        from . import engines
+        from .engines.files import sha256_file
         from .onnx_stats import model_stats
         from .pipeline import Model
 
@@ -165,7 +165,7 @@ class Measurer(object):
             stats = model_stats(onnx_path)
             meta = stats["metadata"]
             train = meta.get("train_time_s", meta.get("train_wall_s"))
-            info = {"onnx": onnx_path, "sha256": engines.sha256_file(onnx_path), "backend": model.backend_name,
+            info = {"onnx": onnx_path, "sha256": sha256_file(onnx_path), "backend": model.backend_name,
                     "engine_id": model.engine_id, "input": list(model.input_size), "params": stats["params"],
                     "gflops": stats["gflops"], "onnx_bytes": os.path.getsize(onnx_path),
                     "train_time_s": _float_or_none(train),
@@ -338,12 +338,12 @@ class Measurer(object):
 
     def build_time(self):
         """Engine build time: from the manifest when built, else timed into a temp engines dir (onnxruntime)."""
-        from . import engines
         from .backends.base import resolve_backend_name
+        from .engines import artifact, build
 
         backend = resolve_backend_name(self.config.backend)
-        spec = engines.spec_from_config(self.config, self.size, backend)
-        _, manifest, _ = engines.status(spec)
+        spec = artifact.spec_from_config(self.config, self.size, backend)
+        _, manifest, _ = artifact.status(spec)
         if manifest is not None and manifest.get("build_time_s") is not None:
             return {"build_time_s": manifest["build_time_s"], "build_source": "manifest"}
         if backend != "onnxruntime":
@@ -352,7 +352,7 @@ class Measurer(object):
         tmp = tempfile.mkdtemp(prefix="edge-agent-bench-engines-")
         try:
             t0 = time.time()
-            _, manifest, _ = engines.build(spec._replace(engines_dir=tmp), progress=lambda m: None, force=True)
+            _, manifest, _ = build.build(spec._replace(engines_dir=tmp), progress=lambda m: None, force=True)
             return {"build_time_s": manifest.get("build_time_s", round(time.time() - t0, 2)),
                     "build_source": "measured"}
         finally:
@@ -586,7 +586,7 @@ def save_report(report, path):
     """Write the report as JSON atomically (creating the folder)."""
     import json
 
-    from .engines import atomic_write
+    from .engines.files import atomic_write
 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
