@@ -213,7 +213,7 @@ def build_serialized(trt, builder, network, config):
 
 
 def deserialize_engine(trt, runtime, plan, dla_core):
-    # type: (Any, tensorrt.IRuntime, bytes, Optional[int]) -> Optional[tensorrt.ICudaEngine]
+    # type: (Any, tensorrt.Runtime, bytes, Optional[int]) -> Optional[tensorrt.ICudaEngine]
     """Deserialize ``plan`` on the DLA core it was built for (None or -1: GPU only).
 
     IRuntime.DLA_core must be set before deserializing: an engine built for core 1

@@ -11,6 +11,7 @@ module never imports it; an auto-build runs it in a child process.
 import collections
 import logging
 import os
+from typing import Any, Dict, Tuple
 
 from ..errors import BackendUnavailable, EngineError, ModelError
 from .files import sha256_file
@@ -50,7 +51,7 @@ def manifest_path_of(path):
 # (path, device, inode, size, mtime, ctime) -> sha256: a verified artifact is hashed once per
 # process, not once per check (status, then the backend's load). ctime is in the key because
 # no one can set it: any write, or a utime() hiding one, changes it.
-_digests = {}
+_digests = {}  # type: Dict[Tuple[Any, ...], str]
 
 
 def artifact_sha256(path):
@@ -85,7 +86,7 @@ def l4t_release(path="/etc/nv_tegra_release"):
 
 # backend -> its environment: the versions and GPU cannot change under a running process, and
 # asking pycuda (cuda.init, the device's name and capability) costs each time.
-_environments = {}
+_environments = {}  # type: Dict[str, Dict[str, Any]]
 
 
 def runtime_environment(backend):

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import traceback
+from typing import List
 
 from .. import errors
 from ..errors import EngineError
@@ -30,7 +31,7 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
 _HEADER = struct.Struct("!I")
 # -c, not -m: under -m this module would run twice (as __main__ and as itself), with two stop flags.
 _ENTRY = "from agent.engines.child import main; main()"
-_stop_requested = []
+_stop_requested = []  # type: List[int]
 
 
 class ChildDied(EngineError):

@@ -4,6 +4,7 @@ Pure data functions: no file is hashed and no runtime imported here (see artifac
 """
 
 import json
+from typing import Any, Dict
 
 from ..errors import EngineError
 
@@ -89,7 +90,7 @@ _SHAPE = (
     ("workspace_mb", "an integer or null", False), ("calib_cache_sha256", "a string or null", False),
     ("build_time_s", "a number or null", False), ("built_at", "a string or null", False),
 )
-_KINDS = {"a string": str, "an integer": int, "a number": (int, float), "a mapping": dict, "a list": list}
+_KINDS = {"a string": str, "an integer": int, "a number": (int, float), "a mapping": dict, "a list": list}  # type: Dict[str, Any]
 
 
 def manifest_problem(manifest):

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+from typing import Dict
 
 from agent.engines.files import atomic_output
 from agent.errors import AgentError
@@ -225,7 +226,7 @@ def kernel_signatures(names=None):
 # The oldest compilers the host build must work with: GCC 7.5 (JetPack 4, Ubuntu 18.04) and
 # 9.4 (JetPack 5, Ubuntu 20.04) have no -std=c++20; the shim has a C++17 path for them.
 HOST_STDS = ("c++20", "c++17")
-_host_std = {}
+_host_std = {}  # type: Dict[str, str]
 
 
 def host_cxx_std(cxx="g++"):
