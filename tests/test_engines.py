@@ -457,3 +457,40 @@ def test_tampered_optimized_model_is_never_loaded(tmp_path, model, caplog):
     with caplog.at_level("INFO", logger="edge_agent.engines"):
         assert artifacts.artifact_for(config_for(tmp_path, model), "fast", "onnxruntime") == (model, None)
     assert [r.levelname for r in caplog.records] == ["INFO"]
+
+
+def test_a_load_hashes_the_artifact_once_and_asks_the_environment_once(tmp_path, monkeypatch):
+    """artifact_for (status) then the backend's verify_artifact: one sha256 of the artifact, one environment."""
+    model = make_tiny_onnx(tmp_path / "tiny.onnx")
+    config = config_for(tmp_path, model)
+    builder.build(artifacts.spec_from_config(config, "fast", "onnxruntime"), progress=lambda line: None)
+    hashed, asked = [], []
+    real_hash, real_ask = artifacts.sha256_file, artifacts._ask_environment
+    monkeypatch.setattr(artifacts, "sha256_file", lambda path: hashed.append(path) or real_hash(path))
+    monkeypatch.setattr(artifacts, "_ask_environment", lambda backend: asked.append(backend) or real_ask(backend))
+    monkeypatch.setattr(artifacts, "_digests", {})
+    monkeypatch.setattr(artifacts, "_environments", {})
+    path, manifest = artifacts.artifact_for(config, "fast", "onnxruntime")
+    assert artifacts.verify_artifact(path) == manifest
+    assert hashed.count(path) == 1 and asked == ["onnxruntime"]
+    stat = os.stat(path)
+    with open(path, "r+b") as f:  # same size, same mtime: the remembered digest is keyed by ctime too
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(EngineError, match="sha256 mismatch"):
+        artifacts.verify_artifact(path)
+
+
+def test_the_runtime_builds_in_a_child(tmp_path):
+    """What artifact_for runs for tensorrt.auto_build, here for onnxruntime: the build side in a child."""
+    from agent.engines.child import run_in_child
+
+    model = make_tiny_onnx(tmp_path / "tiny.onnx")
+    spec = artifacts.spec_from_config(config_for(tmp_path, model), "fast", "onnxruntime")
+    lines = []
+    path, manifest = run_in_child("agent.engines.build:build_for_runtime", spec._asdict(), lines.append)
+    assert artifacts.verify_artifact(path) == manifest
+    assert any("building onnxruntime artifact" in line for line in lines), lines
