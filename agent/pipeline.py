@@ -15,8 +15,8 @@ import queue
 import threading
 import time
 
-from .engines import artifact
 from .backends.base import backend_class, resolve_backend_name
+from .engines import artifact
 from .errors import AgentError
 from .labels import class_names
 from .postprocess.decode import make_decoder
