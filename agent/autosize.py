@@ -54,7 +54,7 @@ def load_report(path):
 def stale_reasons(report, config):
     """Why ``report`` does not describe this device, backend and these models ([] when it does)."""
     from .benchmark import environment
-    from .engines import sha256_file
+    from .engines.files import sha256_file
 
     here = environment(config)
     reasons = []

@@ -15,7 +15,7 @@ real ``Pipeline`` (its threads, queues and sinks). Per size:
   (ONNX metadata ``train_time_s``), peak RSS of the measuring process.
 
 Warm-up frames are excluded from every statistic and reported separately. With
-``isolate`` each size is measured in a spawned child process, so its peak memory
+``isolate`` each size is measured in a child process (agent.engines.child), so its peak memory
 is its own; results stream back section by section, so an interrupt keeps them.
 """
 
@@ -25,7 +25,6 @@ import datetime
 import logging
 import os
 import platform
-import queue
 import shutil
 import socket
 import tempfile
@@ -154,7 +153,7 @@ class Measurer(object):
             self.emit("tick", "{} {}".format(self.size, label), done, total)
 
     def run(self):
-        from . import engines
+        from .engines.files import sha256_file
         from .onnx_stats import model_stats
         from .pipeline import Model
 
@@ -165,7 +164,7 @@ class Measurer(object):
             stats = model_stats(onnx_path)
             meta = stats["metadata"]
             train = meta.get("train_time_s", meta.get("train_wall_s"))
-            info = {"onnx": onnx_path, "sha256": engines.sha256_file(onnx_path), "backend": model.backend_name,
+            info = {"onnx": onnx_path, "sha256": sha256_file(onnx_path), "backend": model.backend_name,
                     "engine_id": model.engine_id, "input": list(model.input_size), "params": stats["params"],
                     "gflops": stats["gflops"], "onnx_bytes": os.path.getsize(onnx_path),
                     "train_time_s": _float_or_none(train),
@@ -338,12 +337,12 @@ class Measurer(object):
 
     def build_time(self):
         """Engine build time: from the manifest when built, else timed into a temp engines dir (onnxruntime)."""
-        from . import engines
         from .backends.base import resolve_backend_name
+        from .engines import artifact, build
 
         backend = resolve_backend_name(self.config.backend)
-        spec = engines.spec_from_config(self.config, self.size, backend)
-        _, manifest, _ = engines.status(spec)
+        spec = artifact.spec_from_config(self.config, self.size, backend)
+        _, manifest, _ = artifact.status(spec)
         if manifest is not None and manifest.get("build_time_s") is not None:
             return {"build_time_s": manifest["build_time_s"], "build_source": "manifest"}
         if backend != "onnxruntime":
@@ -352,7 +351,7 @@ class Measurer(object):
         tmp = tempfile.mkdtemp(prefix="edge-agent-bench-engines-")
         try:
             t0 = time.time()
-            _, manifest, _ = engines.build(spec._replace(engines_dir=tmp), progress=lambda m: None, force=True)
+            _, manifest, _ = build.build(spec._replace(engines_dir=tmp), progress=lambda m: None, force=True)
             return {"build_time_s": manifest.get("build_time_s", round(time.time() - t0, 2)),
                     "build_source": "measured"}
         finally:
@@ -395,36 +394,40 @@ def _peak_rss_mb():
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
 
-def _child_main(config, size, options, events, stop, log_level):
-    """Entry of the spawned child that measures one size; everything goes back through ``events``.
+def _measure_child(job, send):
+    """Entry of the child (agent.engines.child) that measures one size; returns the last event.
 
-    The child inherits an ignored SIGINT (a terminal's Ctrl-C reaches the whole process
-    group): the parent alone decides, and asks it to stop through ``stop``.
+    Log records and events go back through ``send``. The child ignores SIGINT (a terminal's
+    Ctrl-C reaches the whole process group): the parent alone decides, and asks it to stop.
     """
     import logging.handlers
+    import types
 
+    from .engines.child import stopping
+
+    config, size, options, log_level = job
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(events)]
+    root.handlers[:] = [logging.handlers.QueueHandler(types.SimpleNamespace(put_nowait=send))]
     root.setLevel(log_level)
     _quiet_libraries()
 
     def emit(*event):
-        if stop.is_set():
+        if stopping():
             raise KeyboardInterrupt  # unwinds through the Measurer's finally blocks: pipelines stop
-        events.put(event)
+        send(event)
 
     try:
         Measurer(config, size, options, emit).run()
-        events.put(("result", "peak_rss_mb", _peak_rss_mb()))
-        events.put(("done", None))
+        send(("result", "peak_rss_mb", _peak_rss_mb()))
+        return ("done", None)
     except KeyboardInterrupt:
-        events.put(("result", "peak_rss_mb", _peak_rss_mb()))
-        events.put(("interrupted", None))
+        send(("result", "peak_rss_mb", _peak_rss_mb()))
+        return ("interrupted", None)
     except AgentError as e:
-        events.put(("error", str(e)))
+        return ("error", str(e))
     except Exception as e:
         log.exception("%s: benchmark failed", size)
-        events.put(("error", "{}: {}".format(type(e).__name__, e)))
+        return ("error", "{}: {}".format(type(e).__name__, e))
 
 
 def _quiet_libraries():
@@ -447,51 +450,24 @@ def _quiet_libraries():
 
 
 def _measure_isolated(config, size, options, on_event):
-    """Measure ``size`` in a spawned child; forwards its events. KeyboardInterrupt: stop the child
+    """Measure ``size`` in a child process; forwards its events. KeyboardInterrupt: stop the child
     (keeping the results it sends back while stopping), then re-raise."""
-    import multiprocessing
-    import signal
+    from .engines.child import ChildDied, run_in_child
 
-    ctx = multiprocessing.get_context("spawn")
-    events = ctx.Queue()
-    stop = ctx.Event()
-    child = ctx.Process(target=_child_main, name="bench-" + size,
-                        args=(config, size, options, events, stop, logging.getLogger().getEffectiveLevel()))
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through exec: the child ignores SIGINT
+    def forward(event):
+        if isinstance(event, logging.LogRecord):
+            logging.getLogger(event.name).handle(event)
+        else:
+            on_event(event)
+
+    job = (config, size, options, logging.getLogger().getEffectiveLevel())
     try:
-        child.start()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-    def pump(deadline=None):
-        while True:
-            try:
-                event = events.get(timeout=0.2)
-            except queue.Empty:
-                if not child.is_alive() or (deadline and time.monotonic() > deadline):
-                    return ("error", "{}: measuring process ended (exit code {})".format(size, child.exitcode))
-                continue
-            if isinstance(event, logging.LogRecord):
-                logging.getLogger(event.name).handle(event)
-            elif event[0] in ("done", "error", "interrupted"):
-                return event
-            else:
-                on_event(event)
-
-    try:
-        on_event(pump())
-    except KeyboardInterrupt:
-        stop.set()
-        try:
-            pump(deadline=time.monotonic() + 5.0)
-        except KeyboardInterrupt:
-            pass
-        raise
-    finally:
-        child.join(5.0)
-        if child.is_alive():
-            child.terminate()
-            child.join(2.0)
+        last = run_in_child(_measure_child, job, forward, stop_grace_s=5.0, ignore_sigint=True)
+    except ChildDied as e:
+        last = ("error", "{}: measuring process ended (exit code {})".format(size, e.code))
+    except AgentError as e:  # the child could not start the measurement (e.g. the job did not load)
+        last = ("error", "{}: {}".format(size, e))
+    on_event(last)
 
 
 def _measure_inline(config, size, options, on_event):
@@ -586,7 +562,7 @@ def save_report(report, path):
     """Write the report as JSON atomically (creating the folder)."""
     import json
 
-    from .engines import atomic_write
+    from .engines.files import atomic_write
 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)

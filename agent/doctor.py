@@ -228,17 +228,17 @@ def check_engines(config):
                           "chown the directory to the agent's user")
     notes = []
     try:
-        from . import engines
         from .backends.base import resolve_backend_name
+        from .engines import artifact
 
         backend = resolve_backend_name(config.backend)
         sizes = sorted(config.sizes) if config.size == "auto" else [config.size]
         for size in sizes:
-            _, manifest, reasons = engines.status(engines.spec_from_config(config, size, backend))
+            _, manifest, reasons = artifact.status(artifact.spec_from_config(config, size, backend))
             if manifest is None:
                 notes.append("{}: {}".format(size, "; ".join(reasons)))
                 if backend == "tensorrt" and not config.tensorrt.auto_build:
-                    return _check("engines", FAIL, "{} ({})".format(path, notes[-1]), engines.fix_command(size),
+                    return _check("engines", FAIL, "{} ({})".format(path, notes[-1]), artifact.fix_command(size),
                                   blocking=True)
     except Exception as e:  # BackendUnavailable and friends are reported by their own checks
         notes.append("manifests not checked ({})".format(e))
@@ -256,13 +256,13 @@ def check_kernels(config):
         backend = config.backend
     if backend != "tensorrt":
         return _check("cuda kernels", OK, "not used (backend {})".format(backend))
-    from . import engines
+    from .engines import artifact
 
     sizes = sorted(config.sizes) if config.size == "auto" else [config.size]
     ccs = set()
     for size in sizes:
         try:
-            _, manifest, _ = engines.status(engines.spec_from_config(config, size, backend))
+            _, manifest, _ = artifact.status(artifact.spec_from_config(config, size, backend))
         except Exception:  # reported by check_engines
             manifest = None
         cc = (manifest or {}).get("device", {}).get("compute_capability")
@@ -270,7 +270,7 @@ def check_kernels(config):
             ccs.add(cc)
     from .kernels import build as kernel_build
 
-    cache = engines.kernels_dir(config.engines_dir)
+    cache = artifact.kernels_dir(config.engines_dir)
     compiled = 0
     for cc in sorted(ccs):
         try:

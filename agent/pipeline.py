@@ -15,8 +15,8 @@ import queue
 import threading
 import time
 
-from . import engines
 from .backends.base import backend_class, resolve_backend_name
+from .engines import artifact
 from .errors import AgentError
 from .labels import class_names
 from .postprocess.decode import make_decoder
@@ -45,7 +45,7 @@ class Model(object):
     def __init__(self, config, size):
         self.size = size
         self.backend_name = resolve_backend_name(config.backend)
-        path, manifest = engines.artifact_for(config, size, self.backend_name)
+        path, manifest = artifact.artifact_for(config, size, self.backend_name)
         self.engine_id = (manifest or {}).get("artifact_sha256", "")[:12] or "onnx"
         cls = backend_class(self.backend_name)
         settings = config.tensorrt if self.backend_name == "tensorrt" else config.onnxruntime

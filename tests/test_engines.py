@@ -15,9 +15,10 @@ from conftest import MODELS, run_cli
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from agent import engines  # noqa: E402
+from agent.engines import artifact as artifacts  # noqa: E402
+from agent.engines import build as builder  # noqa: E402
+from agent.engines import files  # noqa: E402
 from agent.config import load_config  # noqa: E402
-from agent.engine_worker import run_in_child  # noqa: E402
 from agent.errors import BackendUnavailable, EngineError, ModelError  # noqa: E402
 
 
@@ -76,7 +77,7 @@ def config_for(tmp_path, model_path, **extra):
 
 
 def spec_for(tmp_path, model_path):
-    return engines.spec_from_config(config_for(tmp_path, model_path), "fast", "onnxruntime")
+    return artifacts.spec_from_config(config_for(tmp_path, model_path), "fast", "onnxruntime")
 
 
 def manifest_of(artifact):
@@ -105,45 +106,45 @@ def test_cli_build_up_to_date_rebuild_and_check(tmp_path, model):
     ok = run_cli(["build-engine", "--config", cfg, "--size", "fast", "--check"])
     assert ok.returncode == 0 and ok.stdout.startswith("fast: valid")
 
-    old_sha = engines.sha256_file(model)
+    old_sha = files.sha256_file(model)
     change_onnx(model)
     stale = run_cli(["build-engine", "--config", cfg, "--size", "fast", "--check"])
     assert stale.returncode == 1
-    assert "onnx_sha256 changed ({}…→{}…)".format(old_sha[:8], engines.sha256_file(model)[:8]) in stale.stdout
+    assert "onnx_sha256 changed ({}…→{}…)".format(old_sha[:8], files.sha256_file(model)[:8]) in stale.stdout
     assert "fix: edge-agent build-engine --size fast" in stale.stdout
 
     rebuilt = run_cli(["build-engine", "--config", cfg, "--size", "fast"])
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert "onnx_sha256 changed" in rebuilt.stderr
     manifest = json.load(open(manifest_of(artifact)))
-    assert manifest["onnx_sha256"] == engines.sha256_file(model)
+    assert manifest["onnx_sha256"] == files.sha256_file(model)
 
 
 def test_manifest_records_what_makes_it_valid(tmp_path, model):
-    path, manifest, built = engines.build(spec_for(tmp_path, model), progress=lambda line: None)
+    path, manifest, built = builder.build(spec_for(tmp_path, model), progress=lambda line: None)
     assert built
-    assert manifest["schema_version"] == engines.MANIFEST_SCHEMA
+    assert manifest["schema_version"] == artifacts.MANIFEST_SCHEMA
     assert manifest["onnx_path"] == os.path.abspath(model)
     assert manifest["runtime"]["onnxruntime"] == ort.__version__
     assert manifest["runtime"]["graph_optimization_level"] == "ORT_ENABLE_EXTENDED"
     assert manifest["runtime"]["providers"] == ["CPUExecutionProvider"]
     assert manifest["precision"] == {"requested": "fp32", "built": "fp32"}
-    assert manifest["artifact_sha256"] == engines.sha256_file(path)
+    assert manifest["artifact_sha256"] == files.sha256_file(path)
     assert manifest["inputs"][0]["shape"][1] == 3
     assert manifest["onnx_metadata"] == {p.key: p.value for p in onnx.load(model).metadata_props}
     for key in ("agent_version", "build_time_s", "builder_flags", "dla_core", "calib_cache_sha256", "profile", "device"):
         assert key in manifest
-    assert engines.verify_artifact(path) == manifest
+    assert artifacts.verify_artifact(path) == manifest
 
 
 def test_artifact_for_loads_the_optimized_model(tmp_path, model):
     config = config_for(tmp_path, model)
-    path, manifest = engines.artifact_for(config, "fast", "onnxruntime")
+    path, manifest = artifacts.artifact_for(config, "fast", "onnxruntime")
     assert (path, manifest) == (model, None)  # nothing built yet: the ONNX itself
 
-    engines.build(engines.spec_from_config(config, "fast", "onnxruntime"), progress=lambda line: None)
-    path, manifest = engines.artifact_for(config, "fast", "onnxruntime")
-    assert path.endswith("fast.onnxruntime.onnx") and manifest["artifact_sha256"] == engines.sha256_file(path)
+    builder.build(artifacts.spec_from_config(config, "fast", "onnxruntime"), progress=lambda line: None)
+    path, manifest = artifacts.artifact_for(config, "fast", "onnxruntime")
+    assert path.endswith("fast.onnxruntime.onnx") and manifest["artifact_sha256"] == files.sha256_file(path)
 
     optimized = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     original = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
@@ -157,7 +158,7 @@ def test_artifact_for_loads_the_optimized_model(tmp_path, model):
 
 def test_artifact_for_tensorrt_needs_its_runtime(tmp_path, model):
     with pytest.raises((BackendUnavailable, EngineError)) as info:
-        engines.artifact_for(config_for(tmp_path, model), "fast", "tensorrt")
+        artifacts.artifact_for(config_for(tmp_path, model), "fast", "tensorrt")
     assert "tensorrt" in str(info.value).lower()
 
 
@@ -187,7 +188,7 @@ def test_bad_onnx_inputs_fail_in_one_line_and_keep_the_artifact(tmp_path, model)
 @pytest.mark.parametrize("damage, reason", [("truncate", "truncated or modified"), ("flip", "sha256 mismatch")])
 def test_damaged_artifact_is_refused_and_rebuilt(tmp_path, model, damage, reason):
     spec = spec_for(tmp_path, model)
-    path, _, _ = engines.build(spec, progress=lambda line: None)
+    path, _, _ = builder.build(spec, progress=lambda line: None)
     data = bytearray(open(path, "rb").read())
     if damage == "truncate":
         data = data[: len(data) - 100]
@@ -195,27 +196,27 @@ def test_damaged_artifact_is_refused_and_rebuilt(tmp_path, model, damage, reason
         data[len(data) // 2] ^= 0xFF
     open(path, "wb").write(bytes(data))
     with pytest.raises(EngineError) as info:
-        engines.verify_artifact(path)
+        artifacts.verify_artifact(path)
     message = str(info.value)
     assert reason in message and path in message and "edge-agent build-engine --size fast" in message
     assert "\n" not in message
     res = run_cli(["build-engine", "--config", write_config(tmp_path, model), "--size", "fast", "--check"])
     assert res.returncode == 1 and reason in res.stdout
-    _, manifest, built = engines.build(spec, progress=lambda line: None)
-    assert built and engines.verify_artifact(path) == manifest
+    _, manifest, built = builder.build(spec, progress=lambda line: None)
+    assert built and artifacts.verify_artifact(path) == manifest
 
 
 def test_manifest_from_another_runtime_version(tmp_path, model):
-    path, _, _ = engines.build(spec_for(tmp_path, model), progress=lambda line: None)
+    path, _, _ = builder.build(spec_for(tmp_path, model), progress=lambda line: None)
     manifest_path = manifest_of(path)
     manifest = json.load(open(manifest_path))
     manifest["runtime"]["onnxruntime"] = "1.0.0"
     open(manifest_path, "w").write(json.dumps(manifest))
     with pytest.raises(EngineError) as info:
-        engines.verify_artifact(path)
+        artifacts.verify_artifact(path)
     assert "onnxruntime 1.0.0 → {}".format(ort.__version__) in str(info.value)
     assert "run: edge-agent build-engine --size fast" in str(info.value)
-    _, _, reasons = engines.status(spec_for(tmp_path, model))
+    _, _, reasons = artifacts.status(spec_for(tmp_path, model))
     assert any("onnxruntime 1.0.0" in r for r in reasons)
 
 
@@ -224,7 +225,7 @@ def test_differences_name_the_field_and_change():
            "onnx_sha256": "3f2a" * 16, "precision": {"requested": "fp16"}}
     new = {"runtime": {"tensorrt": "8.5.2", "cuda": "11.4"}, "device": {"gpu": "Xavier", "compute_capability": "7.2"},
            "onnx_sha256": "9b1c" * 16, "precision": {"requested": "int8"}}
-    diff = engines.differences(old, new)
+    diff = artifacts.differences(old, new)
     assert "TensorRT 8.2.1 → 8.5.2" in diff and "CUDA 10.2 → 11.4" in diff
     assert "onnx_sha256 changed (3f2a3f2a…→9b1c9b1c…)" in diff and "precision fp16 → int8" in diff
     assert not any("GPU" in d for d in diff)
@@ -239,22 +240,22 @@ def test_atomic_write_enospc_keeps_the_old_file(tmp_path):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     with pytest.raises(EngineError, match="no space left on device"):
-        engines.atomic_write(str(target), b"x" * 1000, writer=full_disk)
+        files.atomic_write(str(target), b"x" * 1000, writer=full_disk)
     assert target.read_bytes() == b"old" and os.listdir(str(tmp_path)) == ["file.bin"]
-    engines.atomic_write(str(target), b"new")
+    files.atomic_write(str(target), b"new")
     assert target.read_bytes() == b"new" and os.listdir(str(tmp_path)) == ["file.bin"]
 
 
 def test_build_enospc_on_manifest_keeps_previous_pair(tmp_path, model):
     spec = spec_for(tmp_path, model)
-    engines.build(spec, progress=lambda line: None)
+    builder.build(spec, progress=lambda line: None)
     before = snapshot(spec.engines_dir)
 
     def full_disk(f, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     with pytest.raises(EngineError, match="no space left on device"):
-        engines.build(spec, progress=lambda line: None, force=True, writer=full_disk)
+        builder.build(spec, progress=lambda line: None, force=True, writer=full_disk)
     assert snapshot(spec.engines_dir) == before
 
 
@@ -267,8 +268,8 @@ def test_build_on_a_full_tmpfs_keeps_previous_pair(tmp_path):
     try:
         model = make_tiny_onnx(tmp_path / "tiny.onnx")
         config = config_for(tmp_path, model, engines_dir=str(mnt))
-        spec = engines.spec_from_config(config, "fast", "onnxruntime")
-        engines.build(spec, progress=lambda line: None)
+        spec = artifacts.spec_from_config(config, "fast", "onnxruntime")
+        builder.build(spec, progress=lambda line: None)
         before = snapshot(str(mnt))
         fd = os.open(str(mnt / "filler"), os.O_WRONLY | os.O_CREAT)
         try:  # fill the disk, then leave less room than one artifact
@@ -281,7 +282,7 @@ def test_build_on_a_full_tmpfs_keeps_previous_pair(tmp_path):
         os.truncate(str(mnt / "filler"), os.path.getsize(str(mnt / "filler")) - 2048)
         change_onnx(model)
         with pytest.raises(EngineError) as info:
-            engines.build(spec, progress=lambda line: None)
+            builder.build(spec, progress=lambda line: None)
         assert "cannot write" in str(info.value) or "does not load back" in str(info.value), str(info.value)
         assert str(mnt) in str(info.value)
         os.remove(str(mnt / "filler"))
@@ -299,7 +300,7 @@ def crash_while_parsing(job, emit):
 def test_segfault_in_child_is_a_clean_error():
     lines = []
     with pytest.raises(EngineError) as info:
-        run_in_child(crash_while_parsing, {"onnx": "bad.onnx"}, lines.append, what="bad.onnx")
+        builder.run_builder(crash_while_parsing, {"onnx": "bad.onnx"}, lines.append, what="bad.onnx")
     assert str(info.value) == "builder process died with signal 11 (SIGSEGV) while parsing bad.onnx"
     assert any("parsing bad.onnx" in line for line in lines)
 
@@ -311,24 +312,24 @@ def test_kernels_compiled_beside_the_engine_once(tmp_path):
 
     lines = []
     manifest = {"device": {"gpu": "a test GPU", "compute_capability": "7.5"}}
-    paths = engines.compile_kernels_for(str(tmp_path), manifest, progress=lines.append)
+    paths = builder.compile_kernels_for(str(tmp_path), manifest, progress=lines.append)
     assert sorted(paths) == sorted(s[:-3] for s in SOURCES)
     assert all(p.endswith(".cubin") and os.path.dirname(p) == str(tmp_path / "kernels") for p in paths.values())
     assert len(lines) == 1 and "compute capability 7.5" in lines[0]
     # What TensorRTBackend._load_detector asks for, without compiling:
     assert kernel_build.load_kernels((7, 5), cache_dir=str(tmp_path / "kernels"), compile_if_missing=False) == paths
     mtimes = {p: os.path.getmtime(p) for p in paths.values()}
-    assert engines.compile_kernels_for(str(tmp_path), manifest, progress=lines.append) == paths
+    assert builder.compile_kernels_for(str(tmp_path), manifest, progress=lines.append) == paths
     assert len(lines) == 1 and {p: os.path.getmtime(p) for p in paths.values()} == mtimes  # not rebuilt
 
 
 def test_kernels_step_without_nvcc_or_gpu_reports_and_goes_on(tmp_path):
     lines = []
     manifest = {"device": {"compute_capability": "7.2"}}
-    assert engines.compile_kernels_for(str(tmp_path), manifest, progress=lines.append,
+    assert builder.compile_kernels_for(str(tmp_path), manifest, progress=lines.append,
                                        nvcc=str(tmp_path / "no-nvcc")) is None
     assert lines[-1].startswith("warning: CUDA kernels not compiled") and "no-nvcc" in lines[-1]
-    assert engines.compile_kernels_for(str(tmp_path), {"device": {}}, progress=lines.append) is None
+    assert builder.compile_kernels_for(str(tmp_path), {"device": {}}, progress=lines.append) is None
 
 
 # --- hostile models and manifests (issue 14) ------------------------------------------------
@@ -428,31 +429,68 @@ def test_wrong_typed_manifest_field_is_one_line_and_rebuilt(tmp_path, model, fie
     check = run_cli(["build-engine", "--config", cfg, "--size", "fast", "--check"])
     assert check.returncode == 1 and "Traceback" not in check.stderr, check.stderr
     assert check.stdout.strip() == "fast: not valid ({}): fast.onnxruntime.manifest.json: {}; fix: {}".format(
-        artifact, reason, engines.fix_command("fast"))
+        artifact, reason, artifacts.fix_command("fast"))
     # What `run` asks for: the source ONNX, with a warning naming the field.
     with pytest.raises(EngineError, match=reason.replace("(", r"\(").replace(")", r"\)")):
-        engines.verify_artifact(artifact)
-    assert engines.artifact_for(config_for(tmp_path, model), "fast", "onnxruntime") == (model, None)
-    fix = run_cli(engines.fix_command("fast").split()[1:] + ["--config", cfg])
+        artifacts.verify_artifact(artifact)
+    assert artifacts.artifact_for(config_for(tmp_path, model), "fast", "onnxruntime") == (model, None)
+    fix = run_cli(artifacts.fix_command("fast").split()[1:] + ["--config", cfg])
     assert fix.returncode == 0 and "Traceback" not in fix.stderr, fix.stderr
     assert "fast: built" in fix.stdout and reason in fix.stderr
-    assert engines.verify_artifact(artifact)["precision"] == {"requested": "fp32", "built": "fp32"}
+    assert artifacts.verify_artifact(artifact)["precision"] == {"requested": "fp32", "built": "fp32"}
 
 
 def test_tampered_optimized_model_is_never_loaded(tmp_path, model, caplog):
     """onnxruntime: a tampered artifact is skipped with a WARNING naming it and the sha256 mismatch."""
     spec = spec_for(tmp_path, model)
-    path, _, _ = engines.build(spec, progress=lambda line: None)
+    path, _, _ = builder.build(spec, progress=lambda line: None)
     data = bytearray(open(path, "rb").read())
     data[len(data) // 2] ^= 0xFF
     open(path, "wb").write(bytes(data))
     with caplog.at_level("INFO", logger="edge_agent.engines"):
-        assert engines.artifact_for(config_for(tmp_path, model), "fast", "onnxruntime") == (model, None)
+        assert artifacts.artifact_for(config_for(tmp_path, model), "fast", "onnxruntime") == (model, None)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and path in warnings[0] and "sha256 mismatch" in warnings[0], caplog.text
     assert "run: edge-agent build-engine --size fast" in warnings[0]
     caplog.clear()
     os.remove(path)  # never built: the plain ONNX, quietly
     with caplog.at_level("INFO", logger="edge_agent.engines"):
-        assert engines.artifact_for(config_for(tmp_path, model), "fast", "onnxruntime") == (model, None)
+        assert artifacts.artifact_for(config_for(tmp_path, model), "fast", "onnxruntime") == (model, None)
     assert [r.levelname for r in caplog.records] == ["INFO"]
+
+
+def test_a_load_hashes_the_artifact_once_and_asks_the_environment_once(tmp_path, monkeypatch):
+    """artifact_for (status) then the backend's verify_artifact: one sha256 of the artifact, one environment."""
+    model = make_tiny_onnx(tmp_path / "tiny.onnx")
+    config = config_for(tmp_path, model)
+    builder.build(artifacts.spec_from_config(config, "fast", "onnxruntime"), progress=lambda line: None)
+    hashed, asked = [], []
+    real_hash, real_ask = artifacts.sha256_file, artifacts._ask_environment
+    monkeypatch.setattr(artifacts, "sha256_file", lambda path: hashed.append(path) or real_hash(path))
+    monkeypatch.setattr(artifacts, "_ask_environment", lambda backend: asked.append(backend) or real_ask(backend))
+    monkeypatch.setattr(artifacts, "_digests", {})
+    monkeypatch.setattr(artifacts, "_environments", {})
+    path, manifest = artifacts.artifact_for(config, "fast", "onnxruntime")
+    assert artifacts.verify_artifact(path) == manifest
+    assert hashed.count(path) == 1 and asked == ["onnxruntime"]
+    stat = os.stat(path)
+    with open(path, "r+b") as f:  # same size, same mtime: the remembered digest is keyed by ctime too
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(EngineError, match="sha256 mismatch"):
+        artifacts.verify_artifact(path)
+
+
+def test_the_runtime_builds_in_a_child(tmp_path):
+    """What artifact_for runs for tensorrt.auto_build, here for onnxruntime: the build side in a child."""
+    from agent.engines.child import run_in_child
+
+    model = make_tiny_onnx(tmp_path / "tiny.onnx")
+    spec = artifacts.spec_from_config(config_for(tmp_path, model), "fast", "onnxruntime")
+    lines = []
+    path, manifest = run_in_child("agent.engines.build:build_for_runtime", spec._asdict(), lines.append)
+    assert artifacts.verify_artifact(path) == manifest
+    assert any("building onnxruntime artifact" in line for line in lines), lines

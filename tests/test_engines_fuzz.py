@@ -3,9 +3,9 @@
 One real optimized model is built once (ONNX Runtime); each example then rewrites its
 manifest with 1-3 mutations (a field removed, a field replaced by any JSON value, a
 field given another value of the same type) and asks what ``build-engine --check``
-(engines.status) and ``run`` (engines.artifact_for) ask. The manifest is either still
+(engines.artifact.status) and ``run`` (engines.artifact.artifact_for) ask. The manifest is either still
 valid, or refused with one line per reason that names a mutated field; never another
-exception. ``--force`` (engines.build(force=True)) always rebuilds a valid pair.
+exception. ``--force`` (engines.build.build(force=True)) always rebuilds a valid pair.
 
 Example counts: 300 mutated manifests checked, 100 whole-file garbage manifests,
 8 forced rebuilds (each spawns the build child). About 20 s on 2 shared cores.
@@ -24,7 +24,9 @@ pytest.importorskip("onnx")
 
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-from agent import engines  # noqa: E402
+from agent.engines import artifact as artifacts  # noqa: E402
+from agent.engines import build as builder  # noqa: E402
+from agent.engines import manifest as manifest_module  # noqa: E402
 from agent.config import load_config  # noqa: E402
 from conftest import MODELS  # noqa: E402
 
@@ -57,8 +59,8 @@ def built(tmp_path_factory):
         model = make_tiny_onnx(tmp / "model.onnx")
     config = load_config(None, overrides={"sizes": {"fast": {"onnx": model}}, "engines_dir": str(tmp / "engines"),
                                           "backend": "onnxruntime"}, environ={}, check_files=False)
-    spec = engines.spec_from_config(config, "fast", "onnxruntime")
-    path, manifest, _ = engines.build(spec, progress=lambda line: None)
+    spec = artifacts.spec_from_config(config, "fast", "onnxruntime")
+    path, manifest, _ = builder.build(spec, progress=lambda line: None)
     return config, spec, path, manifest
 
 
@@ -126,19 +128,19 @@ def _names(path, manifest, value):
 
 
 def _write(path, text):
-    with open(engines.artifact_paths(os.path.dirname(path), "fast", "onnxruntime")[1], "w") as f:
+    with open(artifacts.artifact_paths(os.path.dirname(path), "fast", "onnxruntime")[1], "w") as f:
         f.write(text)
 
 
 def _check(config, spec, path):
     """What --check and run see; returns the reasons (empty when valid)."""
-    _, manifest, reasons = engines.status(spec)
+    _, manifest, reasons = artifacts.status(spec)
     assert (manifest is None) == bool(reasons)
     for r in reasons:
         assert "\n" not in r and r.strip(), reasons
     logging.disable(logging.WARNING)  # artifact_for warns once per invalid artifact: expected here
     try:
-        got, got_manifest = engines.artifact_for(config, "fast", "onnxruntime")
+        got, got_manifest = artifacts.artifact_for(config, "fast", "onnxruntime")
     finally:
         logging.disable(logging.NOTSET)
     assert (got, got_manifest is None) == ((spec.onnx, True) if reasons else (path, False))
@@ -158,11 +160,11 @@ def test_mutated_manifest_is_valid_or_one_line_naming_the_field(built, data):
         assert any(n in text for n in names), (muts, reasons)
     for p, op, value in muts:  # a removed or retyped field the agent reads is never accepted
         parent, _, key = p.rpartition(".")
-        shape = {f: (kind, required) for f, kind, required in engines._SHAPE}
+        shape = {f: (kind, required) for f, kind, required in manifest_module._SHAPE}
         if p in shape and not any(q == parent for q, _, _ in muts):
             kind, required = shape[p]
             wrong_type = op == "replace" and (value is not None or not kind.endswith("or null")) and (
-                isinstance(value, bool) or not isinstance(value, engines._KINDS[kind.split(" or ")[0]]))
+                isinstance(value, bool) or not isinstance(value, manifest_module._KINDS[kind.split(" or ")[0]]))
             if (op == "remove" and required) or wrong_type:
                 assert reasons, muts
 
@@ -181,6 +183,6 @@ def test_garbage_manifest_file_is_one_line(built, garbage):
 def test_force_always_rebuilds_over_a_mutated_manifest(built, data):
     config, spec, path, pristine = built
     _write(path, json.dumps(_apply(pristine, data.draw(mutations(pristine)))))
-    _, manifest, rebuilt = engines.build(spec, progress=lambda line: None, force=True)
-    assert rebuilt and engines.verify_artifact(path) == manifest
-    assert engines.manifest_problem(manifest) is None
+    _, manifest, rebuilt = builder.build(spec, progress=lambda line: None, force=True)
+    assert rebuilt and artifacts.verify_artifact(path) == manifest
+    assert manifest_module.manifest_problem(manifest) is None

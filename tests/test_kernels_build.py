@@ -78,16 +78,17 @@ def test_normalize_arch_bad_input_is_a_kernel_build_error(arch):
 
 def test_blackwell_capability_goes_through_the_build_engine_step(tmp_path, monkeypatch):
     """compile_kernels_for with a 12.0 manifest: cubins for sm_120, no ValueError escaping."""
-    from agent import engines
+    from agent.engines.artifact import cached_kernels
+    from agent.engines.build import compile_kernels_for
 
     root, _ = _fake_cuda_root(tmp_path)
     monkeypatch.setenv("PATH", _path_without_nvcc())
     monkeypatch.setenv("CUDA_HOME", root)
     lines = []
-    paths = engines.compile_kernels_for(str(tmp_path), {"device": {"compute_capability": "12.0"}},
-                                        progress=lines.append)
+    paths = compile_kernels_for(str(tmp_path), {"device": {"compute_capability": "12.0"}},
+                                progress=lines.append)
     assert paths and all("-sm120-" in p for p in paths.values()), (paths, lines)
-    assert engines.cached_kernels(str(tmp_path), "12.0") == paths
+    assert cached_kernels(str(tmp_path), "12.0") == paths
 
 
 # --------------------------------------------------------------------------- finding nvcc, TMPDIR
@@ -137,14 +138,15 @@ def test_real_nvcc_with_unusable_tmpdir_and_file_modes(tmp_path, monkeypatch, um
         os.remove(p)
     paths = build.compile_kernels(cache, "7.5")
     assert {stat.S_IMODE(os.stat(p).st_mode) for p in paths.values()} == {0o640}
-    assert not [f for f in os.listdir(cache) if f.startswith(".tmp-")]  # no temp files left behind
+    assert not [f for f in os.listdir(cache) if ".tmp-" in f]  # no temp files left behind
 
 
 # --------------------------------------------------------------------------- unreadable cached kernels
 
 CHILD = """
 import json, sys
-from agent import doctor, engines
+from agent import doctor
+from agent.engines import artifact
 from agent.config import load_config
 from agent.kernels import build
 try:
@@ -153,7 +155,7 @@ try:
 except build.UnreadableKernels as e:
     loaded = "unreadable: " + str(e)
 # TensorRT cannot build an engine here: stand in for the engine manifest's compute capability only.
-engines.status = lambda spec: (None, {"device": {"compute_capability": "7.5"}}, [])
+artifact.status = lambda spec: (None, {"device": {"compute_capability": "7.5"}}, [])
 check = doctor.check_kernels(load_config(sys.argv[1], check_files=False))
 print(json.dumps({"loaded": loaded, "check": check._asdict()}))
 """

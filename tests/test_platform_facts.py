@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # pycuda's changelog (https://documentation.tiker.net/pycuda/misc.html#change-log) and its PyPI
 # release metadata (python_requires): Device.retain_primary_context, which
-# agent/backends/tensorrt.py and agent/trt_build.py use, first appears in 2020.1;
+# agent/backends/tensorrt.py and agent/engines/trt_build.py use, first appears in 2020.1;
 # 2022.1 is the last release installable on Python 3.6 (JetPack 4's system Python).
 PYCUDA = {
     "retain_primary_context_since": "2020.1",

@@ -53,19 +53,19 @@ def trt_config(tmp_path):
 def test_engine_matches_onnxruntime_within_fp16_tolerance(trt_config):
     cuda, config, model = trt_config
     ort = pytest.importorskip("onnxruntime")
-    from agent import engines
+    from agent.engines import artifact as artifacts, build as builder
     from agent.backends.tensorrt import TensorRTBackend
 
-    spec = engines.spec_from_config(config, "fast", "tensorrt")
+    spec = artifacts.spec_from_config(config, "fast", "tensorrt")
     lines = []
-    path, manifest, built = engines.build(spec, progress=lines.append)
+    path, manifest, built = builder.build(spec, progress=lines.append)
     assert built and os.path.isfile(path)
     assert any("parsing" in line for line in lines) and any("building the fp16 engine" in line for line in lines)
     assert manifest["precision"]["built"] in ("fp16", "fp32")  # fp32 only if fp16 is not fast: then it raised
     assert manifest["runtime"]["tensorrt"] and manifest["device"]["gpu"] and manifest["device"]["compute_capability"]
     assert any(n.startswith("timing-cache.trt-") for n in os.listdir(spec.engines_dir))
-    assert engines.build(spec, progress=lines.append)[2] is False  # up to date
-    assert engines.artifact_for(config, "fast", "tensorrt")[0] == path
+    assert builder.build(spec, progress=lines.append)[2] is False  # up to date
+    assert artifacts.artifact_for(config, "fast", "tensorrt")[0] == path
 
     backend = TensorRTBackend(path, config)
     try:
@@ -87,11 +87,11 @@ def test_engine_matches_onnxruntime_within_fp16_tolerance(trt_config):
 
 def test_tampered_engine_is_refused_before_deserializing(trt_config):
     _, config, _ = trt_config
-    from agent import engines
+    from agent.engines import artifact as artifacts, build as builder
     from agent.backends.tensorrt import TensorRTBackend
     from agent.errors import EngineError
 
-    path, _, _ = engines.build(engines.spec_from_config(config, "fast", "tensorrt"), progress=lambda line: None)
+    path, _, _ = builder.build(artifacts.spec_from_config(config, "fast", "tensorrt"), progress=lambda line: None)
     data = bytearray(open(path, "rb").read())
     data[len(data) // 2] ^= 0xFF
     open(path, "wb").write(bytes(data))

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FILES = ["agent/trt_compat.py", "agent/trt_build.py", "agent/backends/tensorrt.py"]
+FILES = ["agent/trt_compat.py", "agent/engines/trt_build.py", "agent/backends/tensorrt.py"]
 
 
 def _mypy(args, env=None):

@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from .. import trt_compat
-from ..engines import cached_kernels, verify_artifact
+from ..engines.artifact import cached_kernels, verify_artifact
 from ..errors import BackendUnavailable, EngineError
 from .base import Backend, TensorSpec
 

@@ -42,7 +42,7 @@ def _parse_batch(ctx, param, value):
 def build_engine(ctx, config_path, size, onnx, engines_dir, backend, precision, allow_slow_precision, calib_dir,
                  calib_cache, dla_core, workspace_mb, batch, force, check):
     """Build the engine of a model size (TensorRT, or ONNX Runtime's optimized model)."""
-    from .. import engines
+    from ..engines import artifact, build
     from ..backends.base import resolve_backend_name
     from ..config import load_config
 
@@ -60,27 +60,27 @@ def build_engine(ctx, config_path, size, onnx, engines_dir, backend, precision, 
 
     invalid = []
     for name in names:
-        spec = engines.spec_from_config(config, name, backend_name, **overrides)
+        spec = artifact.spec_from_config(config, name, backend_name, **overrides)
         if check:
             with _blame(onnx, name):
-                path, manifest, reasons = engines.status(spec)
+                path, manifest, reasons = artifact.status(spec)
             if manifest is not None:
                 click.echo("{}: valid ({}; {} {}, built {})".format(name, _rel(path), backend_name,
                                                                      manifest["precision"]["built"], manifest.get("built_at")))
             else:
                 invalid.append(name)
                 click.echo("{}: not valid ({}): {}; fix: {}".format(name, _rel(path), "; ".join(reasons),
-                                                                   engines.fix_command(name)))
+                                                                   artifact.fix_command(name)))
             continue
         with _blame(onnx, name):
-            path, manifest, built = engines.build(spec, progress=progress, force=force)
+            path, manifest, built = build.build(spec, progress=progress, force=force)
         if not built:
             click.echo("{}: up to date ({})".format(name, _rel(path)))
         else:
             click.echo("{}: built {} ({} {}, {:.1f}s)".format(name, _rel(path), backend_name,
                                                               manifest["precision"]["built"], manifest["build_time_s"]))
         if backend_name == "tensorrt":  # the fused GPU path's kernels, beside the engine
-            engines.compile_kernels_for(os.path.dirname(os.path.abspath(path)), manifest, progress=progress)
+            build.compile_kernels_for(os.path.dirname(os.path.abspath(path)), manifest, progress=progress)
     if invalid:
         ctx.exit(1)
 

@@ -3,11 +3,10 @@
 ``load_kernels(arch)`` is what the service calls: it returns the cached cubin
 (or PTX) paths for this device and compiles only when they are missing, so a
 deployed box needs nvcc at most once. Files are keyed by the sha256 of the
-kernel sources, the shim and the target, and written atomically (temp file,
-fsync, rename), so a crash mid-build never leaves a truncated module.
+kernel sources, the shim and the target, and written atomically
+(agent.engines.files.atomic_output), so a crash mid-build never leaves a truncated module.
 """
 
-import binascii
 import hashlib
 import logging
 import os
@@ -16,6 +15,7 @@ import shutil
 import subprocess
 from typing import Dict
 
+from agent.engines.files import atomic_output
 from agent.errors import AgentError
 from agent.kernels import KERNEL_DIR, SHIM, SOURCES, source_path
 
@@ -127,20 +127,13 @@ def _compiler_env(out_dir):
 
 
 def _atomic_compile(cmd_for, out_path):
-    """Run the compiler into a temp file beside out_path, fsync, then rename."""
-    d = os.path.dirname(out_path)
-    # A fresh name the compiler creates itself, so the file gets 0666 & ~umask like any new
-    # file (mkstemp's 0600 left root-built cubins unreadable to the service user).
-    tmp = os.path.join(d, ".tmp-{}-{}{}".format(os.getpid(), binascii.hexlify(os.urandom(4)).decode(),
-                                                os.path.splitext(out_path)[1]))
-    try:
-        _run(cmd_for(tmp), env=_compiler_env(d))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Run the compiler into a temp file beside out_path, fsync, then rename; raises KernelBuildError.
+
+    The compiler creates the temp file itself, so it gets 0666 & ~umask like any new file:
+    0644 under the usual umask, readable by the service user when root compiled it.
+    """
+    with atomic_output(out_path) as tmp:
+        _run(cmd_for(tmp), env=_compiler_env(os.path.dirname(out_path)))
 
 
 def nvcc_archs(nvcc=None):

@@ -1,137 +1,25 @@
-"""The child process that parses and builds, so a crashing parser or builder cannot kill the CLI.
+"""What the build child runs: validate the ONNX as a detector, then build it for one backend.
 
-``run_in_child(target, job, emit)`` runs ``target(job, emit)`` in a fresh
-``python -m agent.engine_worker`` (not fork: unsafe once CUDA is initialised; not
-multiprocessing's spawn: it re-runs the caller's ``__main__``, which breaks for
-stdin, ``-c`` and unguarded scripts). The job goes in on stdin as JSON; progress
-and the result come back as JSON lines on a dedicated pipe (TensorRT and ONNX
-Runtime may print on stdout/stderr, which stay the caller's). A death by signal
-becomes one EngineError line naming the phase and the file.
+Runs in a child process started by build.run_builder (through child.run_in_child): a
+parser or builder that crashes takes only the child down. Returns the facts the parent
+writes into the manifest.
 """
 
 import importlib
-import json
-import logging
 import os
-import select
-import signal
-import subprocess
-import sys
-import time
-import traceback
 
-from . import errors
-from .errors import EngineError, ModelError
-
-log = logging.getLogger("edge_agent.engines")
-
-HEARTBEAT_S = 30.0  # a TensorRT build can be silent for minutes: say it is still going
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from ..errors import EngineError, ModelError
+from .artifact import ORT_OPT_LEVEL, ORT_PROVIDERS
 
 
-def _signal_name(number):
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return "signal {}".format(number)
-
-
-def _lines(fd, timeout):
-    """Read what is available on ``fd`` within ``timeout``; b'' at EOF, None on timeout."""
-    ready, _, _ = select.select([fd], [], [], timeout)
-    if not ready:
-        return None
-    return os.read(fd, 1 << 16)
-
-
-def run_in_child(target, job, emit, what="", label=""):
-    """Run ``target(job, emit)`` in a child; return its result or raise its AgentError.
-
-    ``target`` must be a module-level function (the child imports it by name) and
-    ``job`` JSON data. ``emit(line)`` receives the child's progress lines, prefixed
-    with the elapsed time.
-    """
-    read_fd, write_fd = os.pipe()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
-    envelope = {"target": "{}:{}".format(target.__module__, target.__name__), "job": job,
-                "sys_path": [p for p in sys.path if p], "fd": write_fd}
-    start = time.time()
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "agent.engine_worker"], stdin=subprocess.PIPE,
-                                pass_fds=(write_fd,), env=env, close_fds=True)
-    finally:
-        os.close(write_fd)  # the child holds the only write end: EOF means it is gone
-    phase, buffered, last_event, prefix = "starting", b"", start, (label + ": ") if label else ""
-    try:
-        try:
-            if proc.stdin is not None:
-                proc.stdin.write(json.dumps(envelope).encode())
-                proc.stdin.close()
-        except (BrokenPipeError, OSError):
-            pass  # the child died at once; its exit status says why
-        while True:
-            chunk = _lines(read_fd, 1.0)
-            if chunk is None:
-                if time.time() - last_event >= HEARTBEAT_S:
-                    emit("[{:6.1f}s] {}still {}".format(time.time() - start, prefix, phase))
-                    last_event = time.time()
-                continue
-            if not chunk:
-                break
-            buffered += chunk
-            while b"\n" in buffered:
-                line, buffered = buffered.split(b"\n", 1)
-                message = json.loads(line.decode())
-                if message[0] == "progress":
-                    phase = message[1]
-                    emit("[{:6.1f}s] {}{}".format(time.time() - start, prefix, message[2]))
-                    last_event = time.time()
-                elif message[0] == "done":
-                    return message[1]
-                else:
-                    if len(message) > 3:
-                        log.debug("builder traceback:\n%s", message[3])
-                    raise getattr(errors, message[1], EngineError)(message[2])
-    finally:
-        os.close(read_fd)
-        try:
-            proc.wait(10.0)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    code = proc.returncode
-    if code < 0:
-        raise EngineError("builder process died with signal {} ({}) while {} {}".format(
-            -code, _signal_name(-code), phase, what).rstrip())
-    raise EngineError("builder process exited with status {} while {} {}".format(code, phase, what).rstrip())
-
-
-def main():
-    """The child: read the envelope from stdin, run the target, report on the result pipe."""
-    envelope = json.loads(sys.stdin.read())
-    sys.path[:0] = [p for p in envelope["sys_path"] if p not in sys.path]  # e.g. a test module's folder
-    out = os.fdopen(envelope["fd"], "w")
-
-    def send(message):
-        out.write(json.dumps(message) + "\n")
-        out.flush()
+def run_job(envelope, send):
+    """The child's entry: run ``envelope['target'](job, emit(phase, message))``, events as (phase, message)."""
+    module, name = envelope["target"].split(":")
 
     def emit(phase, message):
-        send(["progress", phase, message])
+        send((phase, message))
 
-    module, name = envelope["target"].split(":")
-    try:
-        send(["done", getattr(importlib.import_module(module), name)(envelope["job"], emit)])
-    except errors.AgentError as e:
-        send(["error", type(e).__name__, str(e)])
-    except BaseException as e:  # anything else: one line for the user, the traceback at debug level
-        send(["error", "EngineError", "{}: {}".format(type(e).__name__, e), traceback.format_exc()])
-    finally:
-        out.close()
-
-
-# --- the jobs run in the child --------------------------------------------------------------
+    return getattr(importlib.import_module(module), name)(envelope["job"], emit)
 
 
 def validate_onnx(path):
@@ -167,8 +55,6 @@ def _ort_specs(values):
 def build_onnxruntime(job, emit):
     """ONNX Runtime's counterpart of an engine: the graph optimized at ORT_ENABLE_EXTENDED."""
     import onnxruntime as ort
-
-    from .engines import ORT_OPT_LEVEL, ORT_PROVIDERS
 
     if job.get("batch"):
         emit("building", "--batch ignored: onnxruntime runs dynamic batch without a profile")
@@ -211,9 +97,9 @@ def check_detector(path, inputs, outputs, metadata):
     The outputs go through decode.make_decoder, the layout detection ``run`` uses, so
     build-engine refuses exactly what ``run`` would refuse after the artifact was replaced.
     """
-    from .backends.base import TensorSpec
-    from .labels import class_names
-    from .postprocess.decode import make_decoder
+    from ..backends.base import TensorSpec
+    from ..labels import class_names
+    from ..postprocess.decode import make_decoder
 
     def specs(values):
         return [TensorSpec(v["name"], list(v["shape"] or ()), v["dtype"]) for v in values]
@@ -265,7 +151,3 @@ def build_job(job, emit):
     # The ONNX metadata (class names, imgsz) travels in the manifest: a TensorRT plan drops it.
     result["onnx_metadata"] = metadata
     return result
-
-
-if __name__ == "__main__":
-    main()

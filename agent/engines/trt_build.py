@@ -1,4 +1,4 @@
-"""The TensorRT builder, run in the child process (agent.engine_worker): ONNX -> serialized plan.
+"""The TensorRT builder, run in the build child (agent.engines.worker): ONNX -> serialized plan.
 
 Version differences go through agent.trt_compat. INT8 calibration feeds images through
 the agent's own preprocessing (agent.preprocess.Letterbox), so the calibrated ranges
@@ -11,9 +11,10 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from . import trt_compat
-from .engines import atomic_write, default_calib_cache, sha256_file, BuildSpec
-from .errors import EngineError, ModelError
+from .. import trt_compat
+from ..errors import EngineError, ModelError
+from .artifact import BuildSpec, default_calib_cache
+from .files import atomic_write, sha256_file
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 MAX_CALIB_IMAGES = 500
@@ -39,7 +40,7 @@ def make_calibrator(trt, cuda, images, input_shape, cache_path, emit):
     """An IInt8EntropyCalibrator2 fed one letterboxed image at a time; reuses ``cache_path``."""
     import cv2
 
-    from .preprocess import Letterbox
+    from ..preprocess import Letterbox
 
     base = trt.IInt8EntropyCalibrator2
     height, width = int(input_shape[2]), int(input_shape[3])
