@@ -21,6 +21,7 @@ import logging
 import os
 
 from .errors import AgentError
+from .publish.schema import SCHEMA_VERSION
 
 log = logging.getLogger("edge_agent.autosize")
 
@@ -45,7 +46,7 @@ def load_report(path):
     except ValueError as e:
         log.warning("size auto: ignoring unreadable benchmark report %s: %s", path, e)
         return None
-    if not isinstance(report, dict) or report.get("schema_version") != 1:
+    if not isinstance(report, dict) or report.get("schema_version") != SCHEMA_VERSION:
         log.warning("size auto: ignoring benchmark report %s: unknown schema_version", path)
         return None
     return report

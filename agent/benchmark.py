@@ -34,11 +34,12 @@ import time
 import numpy as np
 
 from .errors import AgentError
+from .publish.base import Sink
+from .publish.schema import SCHEMA_VERSION
 from .timing import percentiles
 
 log = logging.getLogger("edge_agent.benchmark")
 
-SCHEMA_VERSION = 1
 MAP_CONF_THRESHOLD = 0.001  # mAP needs the whole precision-recall curve (Ultralytics val uses 0.001)
 MAP_MAX_DETECTIONS = 300
 SPEED_STAGES = ("preprocess", "infer", "postprocess", "total")
@@ -82,34 +83,16 @@ def environment(config):
 # --- sinks and sources -------------------------------------------------------------------------
 
 
-class CollectSink(object):
+class CollectSink(Sink):
     """A Sink keeping (monotonic done time, camera, timing_ms) of every record."""
 
     def __init__(self):
         self.items = []
         self._lock = threading.Lock()
 
-    def start(self, status):
-        pass
-
     def emit(self, record, image=None):
         with self._lock:
             self.items.append((time.monotonic(), record["camera_id"], record["timing_ms"]))
-
-    def timing(self, camera_id, summary):
-        pass
-
-    def status(self, payload):
-        pass
-
-    def health(self, payload):
-        pass
-
-    def state(self):
-        return "ok"
-
-    def close(self, timeout=5.0):
-        pass
 
 
 def synthetic_folder(count=4, size=(640, 360)):

@@ -22,7 +22,6 @@ from .errors import ConfigError
 
 ENV_PREFIX = "EDGE_AGENT_"
 DEFAULT_CONFIG_PATH = "/etc/edge-agent/config.yaml"
-SCHEMA_VERSION = 1
 
 # Every environment variable the agent or its unit reads, in one place (docs/service.md
 # shows it; tests check the unit against it). A name ending in "*" is a prefix. Under

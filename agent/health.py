@@ -8,9 +8,6 @@ INA3221 power rails, EMC/GPU clocks) appear only where their sysfs files exist.
 import glob
 import os
 import socket
-import time
-
-SCHEMA_VERSION = 1
 
 # Jetson sysfs: Xavier NX / L4T 32.x and 35.x paths (each checked, none assumed).
 GPU_LOAD_FILES = ("/sys/devices/gpu.0/load", "/sys/devices/platform/gpu.0/load")
@@ -168,9 +165,8 @@ def is_jetson(root=""):
 
 
 def read_health(root=""):
-    """One health payload (a JSON-ready dict with ``schema_version``); never raises."""
-    payload = {"schema_version": SCHEMA_VERSION, "timestamp": round(time.time(), 3),
-               "hostname": socket.gethostname(), "jetson": is_jetson(root)}
+    """This machine's health readings (JSON-ready; ``publish.schema.health`` makes the payload); never raises."""
+    payload = {"hostname": socket.gethostname(), "jetson": is_jetson(root)}
     readers = (("temperatures_c", temperatures), ("load_average", load_average), ("cpu_percent", cpu_percent),
                ("memory", memory), ("cpu_freq_mhz", cpu_freq_mhz), ("gpu_load_percent", gpu_load),
                ("gpu_freq_mhz", gpu_freq_mhz), ("power", power_rails))

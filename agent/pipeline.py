@@ -22,7 +22,7 @@ from .labels import class_names
 from .postprocess.decode import make_decoder
 from .postprocess.nms import postprocess
 from .preprocess import Letterbox, to_frame
-from .record import Sequencer, make_record
+from .publish.schema import Sequencer, make_record
 from .sources import open_source
 from .sources.base import EndOfStream
 from .timing import RollingStats, now

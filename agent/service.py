@@ -24,6 +24,7 @@ import time
 from . import sdnotify
 from .errors import AgentError, ConfigError
 from .health import read_health
+from .publish import schema
 
 log = logging.getLogger("edge_agent.service")
 
@@ -99,28 +100,25 @@ def _sink_states(sinks):
 
 
 def status_line(status, sink_states):
-    """The one-line STATUS= text: state, size, backend, FPS, sinks."""
+    """The one-line STATUS= text of a ``schema.status`` payload: state, size, backend, FPS, sinks."""
     sinks = " ".join("{}={}".format(k.replace("Sink", "").lower() or k, v) for k, v in sorted(sink_states.items()))
-    cams = status.get("cameras", {})
-    down = " ".join("{}={}".format(k, v["state"]) for k, v in sorted(cams.items()) if v.get("state") != "running")
+    cams = status.get("camera_states", {})
+    down = " ".join("{}={}".format(k, v) for k, v in sorted(cams.items()) if v != "running")
     return "{} size={} backend={} fps={:.1f} cameras={} {} {}".format(
-        status.get("state", "?"), status.get("size", "?"), status.get("backend", "?"), status.get("fps", 0.0),
-        len(cams), down, sinks).replace("  ", " ").strip()
+        status.get("pipeline_state", "?"), status.get("model_size", "?"), status.get("backend", "?"),
+        status.get("fps", 0.0), len(cams), down, sinks).replace("  ", " ").strip()
 
 
-def _status_payload(config, pipeline, sinks):
-    payload = dict(pipeline.status())
-    payload["device_id"] = config.device_id
-    payload["sinks"] = _sink_states(sinks)
-    return payload
+def _status_payload(config, pipeline, started_at):
+    """The agent's status in its published shape."""
+    return schema.status(config, pipeline.status(), started_at)
 
 
-def _status_key(payload):
+def _status_key(payload, sink_states):
     """What counts as a status change (not FPS, which moves every tick)."""
-    cams = payload.get("cameras", {})
-    return (payload.get("state"), payload.get("size"), payload.get("backend"), payload.get("engine_id"),
-            tuple(sorted((k, v.get("state")) for k, v in cams.items())),
-            tuple(sorted(payload.get("sinks", {}).items())))
+    return (payload.get("pipeline_state"), payload.get("model_size"), payload.get("backend"),
+            payload.get("engine_id"), tuple(sorted(payload.get("camera_states", {}).items())),
+            tuple(sorted(sink_states.items())))
 
 
 def _start(pipeline, flags):
@@ -198,8 +196,8 @@ def run_agent(config, sinks, config_path=None, overrides=None, pipeline_factory=
     pipeline = None
     try:
         sdnotify.status("starting: size {} backend {}".format(config.size, config.backend))
-        initial = {"state": "starting", "size": config.size, "backend": config.backend, "engine_id": "",
-                   "fps": 0.0, "cameras": {}, "device_id": config.device_id}
+        started_at = time.time()
+        initial = schema.status(config, {"state": "starting", "fps": 0.0}, started_at)
         _each_sink(sinks, "start", initial)
         pipeline = pipeline_factory(config, sinks)
         try:
@@ -207,7 +205,7 @@ def run_agent(config, sinks, config_path=None, overrides=None, pipeline_factory=
         except AgentError as e:
             sdnotify.status("failed: {}".format(e))
             raise
-        return _loop(pipeline, sinks, config, config_path, overrides, flags)
+        return _loop(pipeline, sinks, config, config_path, overrides, flags, started_at)
     finally:
         sdnotify.stopping("stopping")
         if pipeline is not None:
@@ -217,8 +215,8 @@ def run_agent(config, sinks, config_path=None, overrides=None, pipeline_factory=
             except Exception:
                 log.exception("pipeline.stop() failed")
             try:
-                final = _status_payload(config, pipeline, sinks)
-                final["state"] = "stopped"
+                final = _status_payload(config, pipeline, started_at)
+                final["pipeline_state"] = "stopped"
                 _each_sink(sinks, "status", final)
             except Exception:
                 log.exception("final status failed")
@@ -238,7 +236,7 @@ def _log_summaries(pipeline):
                                                      if name in stages))
 
 
-def _loop(pipeline, sinks, config, config_path, overrides, flags):
+def _loop(pipeline, sinks, config, config_path, overrides, flags, started_at):
     """The main loop; returns the exit code."""
     watchdog = sdnotify.watchdog_interval()
     tick = min(TICK_S, watchdog / 4.0) if watchdog else TICK_S
@@ -288,19 +286,21 @@ def _loop(pipeline, sinks, config, config_path, overrides, flags):
             elif not hung:
                 log.error("thread %s made no progress for %.1f s: no more watchdog pings", thread, age)
         hung = stuck
-        payload = _status_payload(config, pipeline, sinks)
-        line = status_line(payload, payload["sinks"])
+        payload = _status_payload(config, pipeline, started_at)
+        sink_states = _sink_states(sinks)
+        line = status_line(payload, sink_states)
         if line != last_line:
             sdnotify.status(line)
             last_line = line
-        key = _status_key(payload)
+        key = _status_key(payload, sink_states)
         if key != last_key:
             _each_sink(sinks, "status", payload)
             last_key = key
         if now >= next_timing:
             for camera_id, summary in sorted(pipeline.timing_summaries().items()):
-                _each_sink(sinks, "timing", camera_id, summary)
+                timing = schema.timing(config.device_id, camera_id, summary, config.mqtt.timing_interval_s)
+                _each_sink(sinks, "timing", camera_id, timing)
             next_timing = now + config.mqtt.timing_interval_s
         if now >= next_health:
-            _each_sink(sinks, "health", dict(read_health(), cameras=pipeline.camera_states()))
+            _each_sink(sinks, "health", schema.health(config.device_id, read_health(), pipeline.camera_states()))
             next_health = now + config.health.interval_s

@@ -25,7 +25,8 @@ sys.path.insert(0, ROOT)
 
 from agent.config import load_config  # noqa: E402
 from agent.publish.mqtt import MqttSink  # noqa: E402
-from agent.record import BOOT_ID  # noqa: E402
+from agent.publish import schema  # noqa: E402
+from agent.publish.schema import BOOT_ID  # noqa: E402
 
 
 def free_port():
@@ -119,7 +120,8 @@ def bench(kind, frames, work_ms):
         run_loop(None, 50, work, 0)  # warm-up
         base_fps, _ = run_loop(None, frames, work, 0)
         sink = MqttSink(config, reconnect_min_s=0.5, reconnect_max_s=2)
-        sink.start({"backend": "onnxruntime", "size": "fast", "engine_id": "bench", "cameras": {"cam0": {}}})
+        sink.start(schema.status(config, {"backend": "onnxruntime", "size": "fast", "engine_id": "bench",
+                                          "cameras": {"cam0": {}}}, time.time()))
         while sink.state() != "connected":
             time.sleep(0.01)
         seq = 1

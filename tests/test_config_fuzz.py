@@ -205,7 +205,7 @@ def test_run_refuses_exactly_what_check_config_refuses(config_file, data):
     else:
         assert dataclasses.is_dataclass(got), (got, run_err)
         if got.mqtt.enabled:
-            from agent.publish.mqtt import parse_url
+            from agent.publish.broker import parse_url
 
             parse_url(got.mqtt.url)  # what the config accepted, the publisher can parse
 

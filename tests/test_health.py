@@ -4,13 +4,15 @@ import json
 import os
 
 from agent import health
+from agent.publish import schema
 
 
 def test_read_health_on_this_machine():
     health._last_cpu.clear()  # the first reading is the average since boot: always defined
     payload = health.read_health()
     json.dumps(payload, allow_nan=False)
-    assert payload["schema_version"] == health.SCHEMA_VERSION
+    published = schema.health("dev", payload, {"cam0": "running"})
+    assert published["schema_version"] == schema.SCHEMA_VERSION and published["device_id"] == "dev"
     assert payload["memory"]["total_mb"] > 0
     assert 0 <= payload["memory"]["used_percent"] <= 100
     assert len(payload["load_average"]) == 3
@@ -48,4 +50,4 @@ def test_jetson_sysfs_tree(tmp_path):
 def test_missing_everything(tmp_path):
     payload = health.read_health(str(tmp_path))
     assert payload["jetson"] is False
-    assert set(payload) == {"schema_version", "timestamp", "hostname", "jetson"}
+    assert set(payload) == {"hostname", "jetson"}

@@ -20,7 +20,8 @@ from agent.errors import ConfigError
 from agent.publish import JsonLinesSink, make_sinks, paho_compat
 from agent.publish.mqtt import MqttSink
 from agent.publish.snapshot import read_comment
-from agent.record import BOOT_ID
+from agent.publish import schema as payloads
+from agent.publish.schema import BOOT_ID
 from conftest import ROOT, Broker, run_cli
 
 PAHO_MAJOR = int(paho.mqtt.__version__.split(".")[0])
@@ -47,6 +48,11 @@ def record(seq, cam="cam0", labels=()):
             "frame_index": seq - 1, "timestamp": time.time(), "model_size": "fast",
             "image": {"width": 320, "height": 240}, "detections": dets,
             "timing_ms": {"preprocess": 1.0, "infer": 5.0, "postprocess": 0.5, "publish": 0.1, "total": 7.0}}
+
+
+def timing(summary, cam="cam0"):
+    """The timing payload the service would send for ``summary``."""
+    return payloads.timing("dev1", cam, summary, 5.0)
 
 
 class Subscriber(object):
@@ -105,7 +111,8 @@ def start_sink(config, status=None, **kw):
     kw.setdefault("reconnect_min_s", 0.1)
     kw.setdefault("reconnect_max_s", 0.5)
     sink = MqttSink(config, **kw)
-    sink.start(status or {"backend": "onnxruntime", "size": "fast", "engine_id": "e1", "cameras": {"cam0": {}}})
+    status = status or {"backend": "onnxruntime", "size": "fast", "engine_id": "e1", "cameras": {"cam0": {}}}
+    sink.start(payloads.status(config, status, time.time()))
     return sink
 
 
@@ -128,9 +135,9 @@ def test_topics_payloads_match_schemas(broker, tmp_path, protocol):
     image = np.random.RandomState(0).randint(0, 255, (240, 320, 3)).astype(np.uint8)  # noise: hard to compress
     for seq in range(1, 6):
         sink.emit(record(seq, labels=["person"]), image=image)
-    sink.timing("cam0", {"fps": 29.5, "frames": 5, "dropped": 1, "queue_depth": 0,
-                         "stages": {"infer": {"p50": 5.0, "p95": 6.0, "p99": 7.0, "mean": 5.1}}})
-    sink.health({"schema_version": 1, "cpu_percent": 12.5})
+    sink.timing("cam0", timing({"fps": 29.5, "frames": 5, "dropped": 1, "queue_depth": 0,
+                                "stages": {"infer": {"p50": 5.0, "p95": 6.0, "p99": 7.0, "mean": 5.1}}}))
+    sink.health(payloads.health("dev1", {"cpu_percent": 12.5}, {"cam0": "running"}))
     assert sub.wait_for(lambda: len(sub.on("/detections")) == 5 and sub.on("/timing") and sub.on("/health")
                         and sub.on("/snapshot") and sub.on("/spool"))
     sink.close()
@@ -180,12 +187,14 @@ import sys, time
 sys.path.insert(0, {root!r})
 from agent.config import load_config
 from agent.errors import ConfigError
+from agent.publish import schema
 from agent.publish.mqtt import MqttSink
 config = load_config(None, {{"device_id": "victim", "state_dir": {state!r},
                              "mqtt": {{"enabled": True, "url": {url!r}, "keepalive_s": 60}}}},
                      environ={{}}, check_files=False)
 sink = MqttSink(config)
-sink.start({{"backend": "onnxruntime", "size": "fast", "engine_id": None, "cameras": {{"cam0": {{}}}}}})
+sink.start(schema.status(config, {{"backend": "onnxruntime", "size": "fast", "engine_id": None,
+                                   "cameras": {{"cam0": {{}}}}}}, time.time()))
 while sink.state() != "connected":
     time.sleep(0.02)
 print("connected", flush=True)
@@ -271,7 +280,7 @@ def run_outage(broker, tmp_path, outage_s, cap, rate=30.0):
             seq += 1
             sink.emit(record(seq))
             emitted[0] = seq
-            peak[0] = max(peak[0], sink._spool.count)
+            peak[0] = max(peak[0], sink.store_forward.spool.count)
             t_next += 1.0 / rate
             time.sleep(max(0.0, t_next - time.time()))
 
@@ -287,7 +296,7 @@ def run_outage(broker, tmp_path, outage_s, cap, rate=30.0):
     stop.set()
     t.join()
     total = emitted[0]
-    sub.wait_for(lambda: sink._spool.count == 0 and {r["seq"] for r in sub.json("/detections")} >= set(
+    sub.wait_for(lambda: sink.store_forward.spool.count == 0 and {r["seq"] for r in sub.json("/detections")} >= set(
         range(total - 10, total + 1)), timeout=15)
     # The retained counters tell the truth once the backlog is gone, before any clean stop.
     assert sub.wait_for(lambda: sub.json("/spool") and sub.json("/spool")[-1]["queued"] == 0, timeout=5), \
@@ -342,7 +351,7 @@ def test_unreachable_broker_keeps_running_and_spools(tmp_path, caplog):
         costs.append(time.perf_counter() - t0)
     time.sleep(1.5)
     state = sink.state()
-    spooled = sink._spool.count
+    spooled = sink.store_forward.spool.count
     sink.close(timeout=1.0)
     assert state.startswith("disconnected") and url in state and "refused" in state.lower(), state
     assert spooled == 3000
@@ -385,7 +394,7 @@ def test_password_auth_and_wrong_credentials(tmp_path, caplog, protocol):
         assert wait_state(bad, "disconnected (refused"), bad.state()
         bad.emit(record(1))
         time.sleep(0.5)
-        assert bad.state().startswith("disconnected (refused") and bad._spool.count == 1  # still alive
+        assert bad.state().startswith("disconnected (refused") and bad.store_forward.spool.count == 1  # still alive
         bad.close(timeout=1.0)
         errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
         assert errors and b.url in errors[0] and "refused" in errors[0]
@@ -448,8 +457,8 @@ def test_watch_unreachable_broker_fails_clearly():
 def test_watch_json_and_table(broker, tmp_path):
     sink = start_sink(make_config(tmp_path, broker.url))
     assert wait_state(sink, "connected")
-    sink.timing("cam0", {"fps": 30.0, "frames": 9, "dropped": 0, "queue_depth": 0,
-                         "stages": {"total": {"p50": 7.5, "p95": 9.0, "p99": 9.9, "mean": 7.6}}})
+    sink.timing("cam0", timing({"fps": 30.0, "frames": 9, "dropped": 0, "queue_depth": 0,
+                                "stages": {"total": {"p50": 7.5, "p95": 9.0, "p99": 9.9, "mean": 7.6}}}))
     time.sleep(0.3)
     stop = threading.Event()
 
@@ -459,8 +468,8 @@ def test_watch_json_and_table(broker, tmp_path):
             seq += 1
             sink.emit(record(seq, labels=["person"]))
             if seq % 10 == 0:
-                sink.timing("cam0", {"fps": 30.0, "frames": seq, "dropped": 0, "queue_depth": 0,
-                                     "stages": {"total": {"p50": 7.5, "p95": 9.0, "p99": 9.9, "mean": 7.6}}})
+                sink.timing("cam0", timing({"fps": 30.0, "frames": seq, "dropped": 0, "queue_depth": 0,
+                                            "stages": {"total": {"p50": 7.5, "p95": 9.0, "p99": 9.9, "mean": 7.6}}}))
             time.sleep(0.03)
 
     t = threading.Thread(target=feed)
@@ -509,11 +518,11 @@ def test_queue_overflow_and_restart_keep_order(broker, tmp_path):
     for seq in range(1, 21):
         first.emit(record(seq))
     for _ in range(5):
-        first.timing("cam0", {})  # QoS 0 with a full queue: dropped and counted
+        first.timing("cam0", timing({}))  # QoS 0 with a full queue: dropped and counted
     assert first.dropped_qos0 >= 1
     first.close()
     second = start_sink(config)
-    assert second._spool.count == 20
+    assert second.store_forward.spool.count == 20
     for seq in range(21, 26):
         second.emit(record(seq))
     assert sub.wait_for(lambda: len(sub.on("/detections")) >= 25)

@@ -59,7 +59,7 @@ def resolve(config_path, overrides, check_sources=True):
     if check_sources:
         check_source_uris(config)
         if config.mqtt.enabled:
-            from ..publish.mqtt import read_password, tls_context  # lazy: paho, only with MQTT on
+            from ..publish.broker import read_password, tls_context
 
             read_password(config.mqtt)
             tls_context(config.mqtt.tls)

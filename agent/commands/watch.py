@@ -169,7 +169,7 @@ def watch(broker, prefix, as_json, count, timeout, username, ca):
 
     from ..config import TlsConfig
     from ..publish import paho_compat
-    from ..publish.mqtt import parse_url, tls_context
+    from ..publish.broker import parse_url, tls_context
 
     tls, host, port, url_user = parse_url(broker)
     prefix = prefix.rstrip("/")

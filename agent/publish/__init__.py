@@ -1,4 +1,10 @@
-"""Where processed frames go: JSON lines and MQTT, chosen by the configuration."""
+"""Where processed frames go: JSON lines and MQTT, chosen by the configuration.
+
+schema.py builds every payload (one SCHEMA_VERSION); base.py holds the Sink interface
+and the JSON-lines sink; mqtt.py is the MQTT transport, with broker.py (URL, password,
+TLS), store_forward.py (ordinals, in-flight window, drain) over spool.py (SQLite),
+snapshot.py (when to send a snapshot, and its JPEG) and paho_compat.py (paho 1.6 / 2.x).
+"""
 
 from .base import JsonLinesSink, Sink, dumps  # noqa: F401
 

@@ -1,8 +1,13 @@
 """Where processed frames go: the Sink interface and the JSON-lines sink.
 
-The pipeline's output thread calls a sink; a sink must never block it for long
-(the MQTT sink hands records to its own bounded queue). Records are plain dicts
-built by ``agent.record``; every payload carries ``schema_version``.
+Every sink (MQTT, JSON lines, the benchmark's collector, the tests' fakes) inherits
+``Sink`` and overrides only what it uses. The callers: the pipeline's output thread
+(``emit``) and the service loop (``start``, ``timing``, ``health``, ``status``,
+``state``, ``close``). A sink must never block them for long (the MQTT sink hands
+everything to its own bounded queue).
+
+Every payload a sink receives is final, built by ``agent.publish.schema`` (one
+``schema_version``): a sink publishes it as it is and never renames its keys.
 """
 
 import json
@@ -11,23 +16,23 @@ import threading
 
 
 class Sink(object):
-    """A consumer of detection records, timing summaries and agent status."""
+    """A consumer of detection records, timing, health and status payloads."""
 
     def start(self, status):
-        """Begin (connect, open files); ``status`` is the initial status payload."""
+        """Begin (connect, open files); ``status`` is the first ``schema.status`` payload."""
 
     def emit(self, record, image=None):
-        """Publish one detection record; ``image`` is the BGR frame (for snapshots), not to be kept."""
+        """Publish one ``schema.make_record`` record; ``image`` is the BGR frame (for snapshots), not to be kept."""
         raise NotImplementedError
 
-    def timing(self, camera_id, summary):
-        """Publish a periodic timing summary for one camera."""
+    def timing(self, camera_id, payload):
+        """Publish one camera's periodic ``schema.timing`` payload."""
 
     def health(self, payload):
-        """Publish a periodic device-health payload."""
+        """Publish a periodic ``schema.health`` payload."""
 
     def status(self, payload):
-        """Publish a change of the agent's status."""
+        """Publish a change of the agent's ``schema.status``; keys it leaves out keep their last value."""
 
     def state(self):
         """A short word for status lines: 'ok', 'connected', 'disconnected', ..."""

@@ -1,16 +1,14 @@
-"""The MQTT sink: detections, timing, health, status and snapshots, with store and forward.
+"""The MQTT transport: the paho client, connect and reconnect, and the publisher thread.
 
-The caller (the pipeline's output thread) only puts into a bounded queue; one
-publisher thread owns everything else: encoding, paho calls, the spool. QoS >= 1
-records that cannot be acknowledged promptly (broker away, window full, a
-disconnect mid-flight) go to the SQLite spool keyed by an emission ordinal, and
-leave it only on PUBACK, so a subscriber sees every ``seq`` of a camera in order
-(duplicates possible after a reconnect, gaps never, except those counted as
-dropped when the spool is full). Topics and payloads: docs/mqtt.md.
+The caller (the pipeline's output thread, the service loop) only puts into a bounded
+queue; one publisher thread owns everything else: encoding, paho calls, and the
+store and forward of QoS >= 1 records (``store_forward``). Payloads arrive in their
+final shape (``schema``); this module adds only the status's ``timestamp`` and
+``spool`` fields when it sends. Snapshots follow ``snapshot.SnapshotPolicy``.
+Topics and payloads: docs/mqtt.md.
 """
 
 import collections
-import itertools
 import logging
 import os
 import queue
@@ -20,74 +18,16 @@ import threading
 import time
 import uuid
 
-from .. import __version__
-from ..errors import ConfigError
-from ..record import BOOT_ID
-from . import paho_compat
+from . import paho_compat, schema
 from .base import Sink, dumps
-from .spool import Spool
+from .broker import parse_url, read_password, tls_context
+from .snapshot import SnapshotPolicy
+from .store_forward import StoreForward
 
 log = logging.getLogger("edge_agent.mqtt")
 
-SCHEMA_VERSION = 1
 _RECORD, _PLAIN, _SNAPSHOT = 0, 1, 2
 _BATCH = 500
-
-
-def parse_url(url):
-    """(tls, host, port, username) from mqtt[s]://[user@]host[:port]; raises ConfigError."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in ("mqtt", "mqtts"):
-        raise ConfigError("mqtt.url: expected mqtt://host[:port] or mqtts://host[:port], got {!r}".format(url))
-    rest = rest.rstrip("/")
-    user = None
-    if "@" in rest:
-        user, rest = rest.rsplit("@", 1)
-        user = user.split(":", 1)[0]  # a password in the URL is ignored: it would end up in logs
-    host, _, port = rest.rpartition(":") if rest.count(":") == 1 else (rest, "", "")
-    tls = scheme == "mqtts"
-    try:
-        port = int(port) if port else (8883 if tls else 1883)
-    except ValueError:
-        raise ConfigError("mqtt.url: bad port in {!r}".format(url))
-    if not host:
-        raise ConfigError("mqtt.url: no host in {!r}".format(url))
-    return tls, host, port, user
-
-
-def read_password(mqtt_config, environ=None):
-    """The broker password from ``mqtt.password_file`` or $EDGE_AGENT_MQTT_PASSWORD (never logged)."""
-    if mqtt_config.password_file:
-        try:
-            with open(mqtt_config.password_file) as f:
-                return f.read().rstrip("\r\n")
-        except OSError as e:
-            raise ConfigError("mqtt.password_file: cannot read {}: {}".format(mqtt_config.password_file, e.strerror))
-    return (os.environ if environ is None else environ).get("EDGE_AGENT_MQTT_PASSWORD")
-
-
-def tls_context(tls_config):
-    """An SSLContext verifying the broker against ``tls.ca`` (else the system CAs)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    try:
-        if tls_config.ca:
-            ctx.load_verify_locations(cafile=tls_config.ca)
-        else:
-            ctx.load_default_certs()
-        if tls_config.cert:
-            ctx.load_cert_chain(tls_config.cert, tls_config.key)
-    except (OSError, ssl.SSLError) as e:
-        raise ConfigError("mqtt.tls: cannot load CA/cert/key ({}, {}, {}): {}".format(
-            tls_config.ca, tls_config.cert, tls_config.key, e))
-    ctx.check_hostname = not tls_config.insecure  # the CA check always stays on
-    return ctx
-
-
-class _Msg(object):
-    __slots__ = ("topic", "qos", "payload", "spooled", "conn")
-
-    def __init__(self, topic, qos, payload, spooled, conn):
-        self.topic, self.qos, self.payload, self.spooled, self.conn = topic, qos, payload, spooled, conn
 
 
 class MqttSink(Sink):
@@ -108,10 +48,9 @@ class MqttSink(Sink):
         self._password = read_password(m)
         self._ssl = tls_context(m.tls) if (self.tls or m.tls.ca or m.tls.cert) else None
         self._queue = queue.Queue(m.queue_size)
-        self._spool = Spool(os.path.join(config.state_dir, "spool.sqlite"), m.spool_max_records)
-        # Ordinals continue above what a previous run left in the spool, so its rows go first.
-        self._ord = itertools.count(self._spool.max_id() + 1)
-        self._window = max(1, min(window, m.spool_max_records // 2))
+        self.store_forward = StoreForward(os.path.join(config.state_dir, "spool.sqlite"), m.spool_max_records,
+                                          window, self.url)
+        self.snapshots = SnapshotPolicy(m.snapshot)
         self._lock = threading.Lock()  # publisher state; the caller takes it only on queue overflow
         self._events = collections.deque()  # from paho's thread: ('connected',) / ('disconnected', why)
         self._acks = collections.deque()  # (mid, ok) from on_publish
@@ -122,33 +61,29 @@ class MqttSink(Sink):
         self._closed = False
         # Publisher-thread state.
         self._connected = False
-        self._conn = 0
-        self._cursor = 0
-        self._live = 0
-        self._mids = {}
-        self._inflight = collections.OrderedDict()
         self._status = {}
         self._status_dirty = False
-        self._rejected_logged_at = -60.0
         self._counters_at = 0.0
         self._counters_sent = None
         self.dropped_qos0 = 0
-        self.rejected = 0
         # Caller-thread state.
         self._labels = {}
-        self._snap_last = {}
-        self._snap_labels = {}
         self._topics = {}
-        self._snapshots_off = False
+
+    @property
+    def rejected(self):
+        """Publishes the broker refused (PUBACK with an error) or that could not be encoded."""
+        return self.store_forward.rejected
 
     # --- the Sink interface ----------------------------------------------------------------
 
     def start(self, status):
         """Connect asynchronously (never blocks on the broker) and start the publisher thread."""
         m = self.config.mqtt
-        self._status = self._status_payload(status or {})
+        self._status = dict(status or {})
         client = paho_compat.make_client(self.client_id, m.protocol)
-        client.will_set(self.base + "/status", dumps(self._offline("connection lost")), qos=1, retain=True)
+        will = schema.offline(self.device_id, "connection lost")
+        client.will_set(self.base + "/status", dumps(will), qos=1, retain=True)
         if self.username is not None:
             client.username_pw_set(self.username, self._password)
         if self._ssl is not None:
@@ -156,8 +91,9 @@ class MqttSink(Sink):
             if m.tls.insecure:
                 client.tls_insecure_set(True)
         # Bound paho's memory: our own window keeps far fewer than this in flight.
-        client.max_inflight_messages_set(min(self._window, 20))
-        client.max_queued_messages_set(self._window * 4 + 100)
+        window = self.store_forward.window
+        client.max_inflight_messages_set(min(window, 20))
+        client.max_queued_messages_set(window * 4 + 100)
         client.reconnect_delay_set(self._reconnect[0], self._reconnect[1])
         paho_compat.set_callbacks(client, on_connect=self._on_connect, on_disconnect=self._on_disconnect,
                                   on_publish=self._on_publish, on_connect_fail=self._on_connect_fail)
@@ -176,41 +112,23 @@ class MqttSink(Sink):
         if topics is None:
             topics = self._topics[cam] = tuple("{}/{}/{}".format(self.base, cam, t)
                                                for t in ("detections", "timing", "snapshot"))
-        mode = self.config.mqtt.publish
-        send = True
-        if mode != "all":
-            labels = frozenset(d["label"] for d in record["detections"])
-            if mode == "detections":
-                send = bool(labels)
-            else:
-                send = self._labels.get(cam) != labels
-                self._labels[cam] = labels
-        if send:
+        if self._wanted(cam, record):
             qos = self.config.mqtt.qos_detections
-            self._put((_RECORD, topics[0], qos, record, next(self._ord) if qos else 0, False))
-        if image is not None and self.config.mqtt.snapshot.enabled and not self._snapshots_off:
-            self._maybe_snapshot(cam, topics[2], record, image)
+            self._put((_RECORD, topics[0], qos, record, self.store_forward.next_ordinal() if qos else 0, False))
+        if image is not None and self.snapshots.wanted(cam, record):
+            # Copy only on snapshot frames: the source may reuse its buffer.
+            self._put((_SNAPSHOT, topics[2], 0, (record, image.copy()), 0, False))
 
-    def timing(self, camera_id, summary):
-        payload = {"schema_version": SCHEMA_VERSION, "device_id": self.device_id, "boot_id": BOOT_ID,
-                   "camera_id": camera_id, "timestamp": round(time.time(), 3),
-                   "interval_s": self.config.mqtt.timing_interval_s,
-                   "fps": summary.get("fps", 0.0), "frames": summary.get("frames", 0),
-                   "dropped": summary.get("dropped", 0), "queue_depth": summary.get("queue_depth", 0),
-                   "state": summary.get("state", "running"), "stages": summary.get("stages", {})}
-        topic = "{}/{}/timing".format(self.base, camera_id)
-        self._put((_PLAIN, topic, self.config.mqtt.qos_timing, payload, 0, False))
+    def timing(self, camera_id, payload):
+        self._put((_PLAIN, "{}/{}/timing".format(self.base, camera_id), self.config.mqtt.qos_timing, payload, 0, False))
 
     def health(self, payload):
-        payload = dict(payload)
-        payload.setdefault("schema_version", SCHEMA_VERSION)
-        payload.setdefault("device_id", self.device_id)
-        payload.setdefault("timestamp", round(time.time(), 3))
         self._put((_PLAIN, self.base + "/health", self.config.mqtt.qos_timing, payload, 0, False))
 
     def status(self, payload):
         with self._lock:
-            self._status.update(self._status_payload(payload, base=self._status))
+            # Merged, not replaced: a key the new status leaves out keeps its last value.
+            self._status.update(payload)
             self._status_dirty = True
 
     def state(self):
@@ -228,7 +146,8 @@ class MqttSink(Sink):
         self._overflow(None, lock_timeout=1.0)  # what the publisher did not take stays on disk
         if self._client is not None:
             if self._state == "connected":
-                info = self._client.publish(self.base + "/status", dumps(self._offline("stopped")), qos=1, retain=True)
+                offline = dumps(schema.offline(self.device_id, "stopped"))
+                info = self._client.publish(self.base + "/status", offline, qos=1, retain=True)
                 while time.monotonic() < deadline and not _published(info):
                     time.sleep(0.01)
             self._client.disconnect()
@@ -237,19 +156,27 @@ class MqttSink(Sink):
             self._state = "disconnected (closed)"
         with self._lock:
             self._closed = True
-            self._spool.close()
+            self.store_forward.close()
 
     # --- counters for status and tests -----------------------------------------------------
 
     def counters(self):
         """Spool and drop counters (also published on ``{prefix}/{device}/spool``)."""
-        return {"schema_version": SCHEMA_VERSION, "device_id": self.device_id, "boot_id": BOOT_ID,
-                "timestamp": round(time.time(), 3), "queued": self._spool.count,
-                "max_records": self._spool.max_records, "dropped_total": self._spool.dropped_total,
-                "dropped_boot": self._spool.dropped_boot, "dropped_qos0": self.dropped_qos0,
-                "rejected": self.rejected}
+        return schema.spool(self.device_id, self.store_forward.counters(self.dropped_qos0))
 
     # --- caller side -----------------------------------------------------------------------
+
+    def _wanted(self, cam, record):
+        """Whether ``mqtt.publish`` (all, detections, changes) sends this record."""
+        mode = self.config.mqtt.publish
+        if mode == "all":
+            return True
+        labels = frozenset(d["label"] for d in record["detections"])
+        if mode == "detections":
+            return bool(labels)
+        changed = self._labels.get(cam) != labels
+        self._labels[cam] = labels
+        return changed
 
     def _put(self, item):
         try:
@@ -281,27 +208,9 @@ class MqttSink(Sink):
                     rows.append((ordinal, topic, qos, dumps(payload).encode("utf-8")))
                 else:
                     self.dropped_qos0 += 1
-            self._spool.put_many(rows, self._inflight)
+            self.store_forward.store(rows)
         finally:
             self._lock.release()
-
-    def _maybe_snapshot(self, cam, topic, record, image):
-        snap = self.config.mqtt.snapshot
-        now = time.monotonic()
-        last = self._snap_last.get(cam)
-        due = last is None or now - last >= snap.interval_s
-        if snap.classes:
-            labels = {d["label"] for d in record["detections"]} & set(snap.classes)
-            appeared = labels - self._snap_labels.get(cam, set())
-            if appeared and not due and now - last < 1.0:
-                labels -= appeared  # at most one a second: still "new" on the next frame
-            else:
-                due = due or bool(appeared)
-            self._snap_labels[cam] = labels
-        if due:
-            self._snap_last[cam] = now
-            # Copy only on snapshot frames: the source may reuse its buffer.
-            self._put((_SNAPSHOT, topic, 0, (record, image.copy()), 0, False))
 
     # --- paho callbacks (paho's network thread; guarded by paho_compat) ---------------------
 
@@ -361,6 +270,7 @@ class MqttSink(Sink):
     # --- the publisher thread --------------------------------------------------------------
 
     def _run(self):
+        sf = self.store_forward
         while True:
             batch = []
             try:
@@ -378,16 +288,17 @@ class MqttSink(Sink):
                 with self._lock:
                     self._handle_events()
                     self._publish_housekeeping()  # status first after a (re)connect
-                    self._handle_acks()
+                    sf.handle_acks(self._acks)
                     self._handle_batch(batch)
-                    self._drain()
+                    if self._connected:
+                        sf.drain(self._send)
                     self._publish_housekeeping()
                     if self._closing is not None and self._queue.empty() and (
                             not self._connected and self._state != "connecting"
-                            or self._connected and not self._spool.count and not self._live
+                            or self._connected and sf.idle
                             or time.monotonic() > self._closing):
-                        self._handle_acks()
-                        self._persist_inflight()
+                        sf.handle_acks(self._acks)
+                        sf.persist_inflight()
                         self._counters_at = 0.0  # the final counters go out now, not in a second
                         self._publish_housekeeping()
                         return
@@ -396,94 +307,45 @@ class MqttSink(Sink):
                 time.sleep(0.5)
 
     def _handle_events(self):
+        sf = self.store_forward
         while self._events:
             event = self._events.popleft()
             if event[0] == "connected":
-                self._handle_acks()
+                sf.handle_acks(self._acks)
                 self._connected = True
-                self._conn += 1
-                self._cursor = 0  # resend every unacknowledged spool row, oldest first
-                self._live = 0
+                sf.connected()
                 self._status_dirty = True
                 self._counters_sent = None
             else:
                 self._connected = False
-                self._handle_acks()
-                self._persist_inflight()
-
-    def _persist_inflight(self):
-        """Put unacknowledged live messages in the spool (they keep their place by ordinal)."""
-        rows = [(o, m.topic, m.qos, m.payload) for o, m in self._inflight.items() if not m.spooled]
-        for o, _, _, _ in rows:
-            self._inflight[o].spooled = True
-        self._spool.put_many(rows, self._inflight)
-
-    def _handle_acks(self):
-        done = []
-        while self._acks:
-            mid, ok = self._acks.popleft()
-            ordinal = self._mids.pop(mid, None)
-            if ordinal is None:
-                continue
-            if not ok:
-                self.rejected += 1
-                # An ACL that denies our topics rejects every record: one line a minute, not one a record.
-                if time.monotonic() - self._rejected_logged_at >= 60.0:
-                    self._rejected_logged_at = time.monotonic()
-                    log.warning("MQTT broker %s rejected a publish (record %d; %d rejected so far; ACL?)",
-                                self.url, ordinal, self.rejected)
-            msg = self._inflight.pop(ordinal, None)
-            if msg is not None and msg.conn == self._conn:
-                self._live -= 1
-            if msg is None or msg.spooled:
-                done.append(ordinal)
-        self._spool.delete(done)
-        if len(self._mids) > 20 * self._window:  # acks that never came for old connections
-            self._mids = {k: v for k, v in self._mids.items() if v in self._inflight}
+                sf.handle_acks(self._acks)
+                sf.persist_inflight()
 
     def _handle_batch(self, batch):
-        rows = []
+        send = self._send if self._connected else None
         for kind, topic, qos, payload, ordinal, retain in batch:
             try:
-                data = self._render(payload) if kind == _SNAPSHOT else dumps(payload).encode("utf-8")
+                data = (self.snapshots.render(*payload) if kind == _SNAPSHOT
+                        else dumps(payload).encode("utf-8"))
             except (ValueError, TypeError) as e:  # e.g. NaN in a payload: lose this one, not the batch
                 log.error("MQTT: cannot encode a message for %s: %s", topic, e)
-                self.rejected += 1
+                self.store_forward.rejected += 1
                 continue
             if data is None:
                 continue
             if ordinal:
-                if (self._connected and not rows and not self._spool.count and self._live < self._window
-                        and self._send(topic, qos, data, ordinal, spooled=False)):
-                    continue
-                rows.append((ordinal, topic, qos, data))
+                self.store_forward.forward(send, ordinal, topic, qos, data)
             elif not self._connected or self._client.publish(topic, data, qos=qos, retain=retain).rc not in (
                     paho_compat.ERR_SUCCESS, paho_compat.ERR_NO_CONN):
                 self.dropped_qos0 += 1
-        if rows:
-            dropped = self._spool.put_many(rows, self._inflight)
-            if dropped and (self._spool.dropped_boot == dropped or self._spool.dropped_boot % 1000 < dropped):
-                log.warning("MQTT spool full (%d records): dropping the oldest (%d dropped so far)",
-                            self._spool.max_records, self._spool.dropped_boot)
+        self.store_forward.flush()
 
-    def _send(self, topic, qos, data, ordinal, spooled):
+    def _send(self, topic, qos, data):
+        """Publish one QoS >= 1 record; its message id, or None if paho's own queue is full."""
         info = self._client.publish(topic, data, qos=qos, retain=False)
         if info.rc not in (paho_compat.ERR_SUCCESS, paho_compat.ERR_NO_CONN):
-            return False  # paho's own queue is full: keep it in (or put it into) the spool
-        self._mids[info.mid] = ordinal
-        self._inflight[ordinal] = _Msg(topic, qos, data, spooled, self._conn)
-        self._live += 1
-        return True
-
-    def _drain(self):
-        while self._connected and self._spool.count and self._live < self._window:
-            rows = self._spool.read_after(self._cursor, self._window - self._live)
-            if not rows:
-                return
-            for ordinal, topic, qos, payload in rows:
-                if not self._send(topic, qos, bytes(payload), ordinal, spooled=True):
-                    return
-                self._cursor = ordinal
+            return None
+        return info.mid
 
     def _publish_housekeeping(self):
         if not self._connected:
@@ -492,60 +354,19 @@ class MqttSink(Sink):
         # queued 0 once a drain is done; the status's copy is refreshed when the spool empties
         # or fills.
         now = time.monotonic()
-        fields = self._counter_fields()
+        counters = self.counters()
+        fields = {k: counters[k] for k in schema.SPOOL_FIELDS}
         sent = self._counters_sent
         if fields != sent and now - self._counters_at >= 1.0:
             if sent is not None and (fields["queued"] == 0) != (sent["queued"] == 0):
                 self._status_dirty = True
             self._counters_sent, self._counters_at = fields, now
-            self._client.publish(self.base + "/spool", dumps(self.counters()), qos=1, retain=True)
+            self._client.publish(self.base + "/spool", dumps(counters), qos=1, retain=True)
         if self._status_dirty:
             self._status_dirty = False
             self._status["timestamp"] = round(time.time(), 3)
             self._status["spool"] = fields
             self._client.publish(self.base + "/status", dumps(self._status), qos=1, retain=True)
-
-    def _counter_fields(self):
-        c = self.counters()
-        return {k: c[k] for k in ("queued", "max_records", "dropped_total", "dropped_boot", "dropped_qos0")}
-
-    def _render(self, payload):
-        from . import snapshot
-
-        record, image = payload
-        snap = self.config.mqtt.snapshot
-        try:
-            data = snapshot.render(image, record, snap.max_bytes, snap.quality)
-        except ImportError:
-            log.warning("mqtt.snapshot: OpenCV is not installed; snapshots are disabled")
-            self._snapshots_off = True
-            return None
-        if data is None:
-            log.warning("mqtt.snapshot: cannot fit a snapshot of %s in %d bytes", record["camera_id"], snap.max_bytes)
-        return data
-
-    # --- payloads --------------------------------------------------------------------------
-
-    def _status_payload(self, status, base=None):
-        c = self.config
-        out = dict(base or {"schema_version": SCHEMA_VERSION, "state": "online", "device_id": self.device_id,
-                            "boot_id": BOOT_ID, "agent_version": __version__, "started_at": round(time.time(), 3),
-                            "backend": c.backend, "model_size": c.size, "engine_id": None,
-                            "cameras": [cam.id for cam in c.cameras], "mqtt": "connected"})
-        for src, dst in (("backend", "backend"), ("size", "model_size"), ("model_size", "model_size"),
-                         ("engine_id", "engine_id"), ("state", "pipeline_state"), ("fps", "fps"),
-                         ("size_reason", "size_reason")):
-            if status.get(src) not in (None, ""):
-                out[dst] = status[src]
-        if status.get("cameras"):  # the service's first status comes before the cameras open
-            out["cameras"] = sorted(status["cameras"])
-            out["camera_states"] = {k: v.get("state", "running") for k, v in status["cameras"].items()}
-        return out
-
-    def _offline(self, reason):
-        return {"schema_version": SCHEMA_VERSION, "state": "offline", "device_id": self.device_id,
-                "boot_id": BOOT_ID, "agent_version": __version__, "reason": reason,
-                "timestamp": round(time.time(), 3)}
 
 
 def _published(info):

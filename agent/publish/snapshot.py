@@ -1,12 +1,13 @@
-"""Snapshot JPEGs: the frame with its boxes drawn, capped to a byte size.
+"""Snapshots: when to send one (``SnapshotPolicy``) and the JPEG itself (``render``).
 
-The JPEG carries its metadata (schema_version, camera, seq, boot_id) as JSON in
+A snapshot is the frame with its boxes drawn, capped to a byte size. The JPEG carries its metadata (schema_version, camera, seq, boot_id) as JSON in
 a COM segment, so the MQTT payload stays a plain image for any viewer.
 """
 
 import json
 import logging
 import struct
+import time
 
 log = logging.getLogger("edge_agent.mqtt")
 
@@ -60,3 +61,51 @@ def read_comment(jpeg):
         return None
     (n,) = struct.unpack(">H", jpeg[4:6])
     return json.loads(jpeg[6:4 + n].decode("utf-8"))
+
+
+class SnapshotPolicy(object):
+    """Which frames of a camera get a snapshot, per ``mqtt.snapshot`` (interval_s, classes).
+
+    One every ``interval_s`` per camera, and, when ``classes`` is set, one as soon as
+    one of those labels appears in a camera's detections (at most one a second).
+    ``wanted`` runs on the sink caller's thread, ``render`` on the publisher's.
+    """
+
+    def __init__(self, snap_config):
+        self.config = snap_config
+        self.off = not snap_config.enabled
+        self._last = {}
+        self._labels = {}
+
+    def wanted(self, camera_id, record, now=None):
+        """Whether this record's frame gets a snapshot; records that it did."""
+        if self.off:
+            return False
+        snap = self.config
+        now = time.monotonic() if now is None else now
+        last = self._last.get(camera_id)
+        due = last is None or now - last >= snap.interval_s
+        if snap.classes:
+            labels = {d["label"] for d in record["detections"]} & set(snap.classes)
+            appeared = labels - self._labels.get(camera_id, set())
+            if appeared and not due and now - last < 1.0:
+                labels -= appeared  # at most one a second: still "new" on the next frame
+            else:
+                due = due or bool(appeared)
+            self._labels[camera_id] = labels
+        if due:
+            self._last[camera_id] = now
+        return due
+
+    def render(self, record, image):
+        """The JPEG for ``record`` (None if it cannot fit); without OpenCV, turns snapshots off."""
+        snap = self.config
+        try:
+            data = render(image, record, snap.max_bytes, snap.quality)
+        except ImportError:
+            log.warning("mqtt.snapshot: OpenCV is not installed; snapshots are disabled")
+            self.off = True
+            return None
+        if data is None:
+            log.warning("mqtt.snapshot: cannot fit a snapshot of %s in %d bytes", record["camera_id"], snap.max_bytes)
+        return data

@@ -1,0 +1,131 @@
+"""Every payload the agent publishes, built here with one ``SCHEMA_VERSION``.
+
+Each builder returns a plain, JSON-ready dict in its final published shape; its JSON
+Schema ships in ``agent/schemas/`` (named below). Sinks publish these dicts as they
+are: the transport adds only what it alone knows (the status's ``timestamp`` and
+``spool`` counters, at the moment it sends). Topics: docs/mqtt.md.
+
+``seq`` counts records per camera since ``BOOT_ID`` was drawn (one per agent
+start), so a consumer sees any gap.
+"""
+
+import itertools
+import threading
+import time
+import uuid
+
+from .. import __version__
+
+SCHEMA_VERSION = 1
+BOOT_ID = uuid.uuid4().hex
+
+
+class Sequencer(object):
+    """Per-camera, per-boot sequence numbers starting at 1; thread-safe."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counters = {}
+
+    def next(self, camera_id):
+        with self._lock:
+            counter = self._counters.setdefault(camera_id, itertools.count(1))
+            return next(counter)
+
+
+def make_record(device_id, camera_id, seq, frame, size, labels, boxes, scores, class_ids, timing_ms):
+    """The detection record of one frame (detections.schema.json); ``boxes`` are x1,y1,x2,y2 in pixels.
+
+    The same record goes to JSON lines and to ``{prefix}/{device}/{camera}/detections``.
+    """
+    h, w = frame.image.shape[:2]
+    detections = []
+    for box, score, cls in zip(boxes.tolist(), scores.tolist(), class_ids.tolist()):
+        x1, y1, x2, y2 = box
+        detections.append(
+            {
+                "class_id": int(cls),
+                "label": labels.get(int(cls), str(cls)),
+                "confidence": round(score, 4),
+                "box": [round(x1, 1), round(y1, 1), round(x2, 1), round(y2, 1)],
+                "box_norm": [round(x1 / w, 5), round(y1 / h, 5), round(x2 / w, 5), round(y2 / h, 5)],
+            }
+        )
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "device_id": device_id,
+        "camera_id": camera_id,
+        "boot_id": BOOT_ID,
+        "seq": seq,
+        "frame_index": int(frame.index),
+        "timestamp": round(frame.timestamp, 6),
+        "model_size": size,
+        "image": {"width": int(w), "height": int(h)},
+        "detections": detections,
+        "timing_ms": {k: round(v, 3) for k, v in timing_ms.items()},
+    }
+
+
+def status(config, pipeline_status, started_at):
+    """The 'online' status (status.schema.json) from ``Pipeline.status()``'s dict.
+
+    Empty values (no engine yet, no camera open yet, no size reason) leave their key
+    out, or at its default, so that a sink merging successive statuses (``dict.update``)
+    keeps the last known value. ``mqtt`` reads 'connected': a subscriber only ever
+    receives it over a live connection.
+    """
+    s = pipeline_status
+    cameras = s.get("cameras") or {}
+    out = {"schema_version": SCHEMA_VERSION, "state": "online", "device_id": config.device_id,
+           "boot_id": BOOT_ID, "agent_version": __version__, "started_at": round(started_at, 3),
+           "backend": s.get("backend") or config.backend, "model_size": s.get("size") or config.size,
+           "engine_id": s.get("engine_id") or None,
+           # The service's first status comes before the cameras open: the configured ids.
+           "cameras": sorted(cameras) if cameras else [cam.id for cam in config.cameras],
+           "mqtt": "connected"}
+    for src, dst in (("state", "pipeline_state"), ("fps", "fps"), ("size_reason", "size_reason")):
+        if s.get(src) not in (None, ""):
+            out[dst] = s[src]
+    if cameras:
+        out["camera_states"] = {k: v.get("state", "running") for k, v in cameras.items()}
+    return out
+
+
+def offline(device_id, reason):
+    """The 'offline' status (status.schema.json): 'stopped', or 'connection lost' as the last will."""
+    return {"schema_version": SCHEMA_VERSION, "state": "offline", "device_id": device_id,
+            "boot_id": BOOT_ID, "agent_version": __version__, "reason": reason,
+            "timestamp": round(time.time(), 3)}
+
+
+def timing(device_id, camera_id, summary, interval_s):
+    """One camera's periodic timing (timing.schema.json) from a ``Pipeline.timing_summaries()`` entry."""
+    return {"schema_version": SCHEMA_VERSION, "device_id": device_id, "boot_id": BOOT_ID,
+            "camera_id": camera_id, "timestamp": round(time.time(), 3), "interval_s": interval_s,
+            "fps": summary.get("fps", 0.0), "frames": summary.get("frames", 0),
+            "dropped": summary.get("dropped", 0), "queue_depth": summary.get("queue_depth", 0),
+            "state": summary.get("state", "running"), "stages": summary.get("stages", {})}
+
+
+def health(device_id, readings, cameras):
+    """The periodic device health (health.schema.json) from ``health.read_health()``'s readings.
+
+    ``cameras``: {camera id: running | waiting | stalled | ended}.
+    """
+    payload = {"schema_version": SCHEMA_VERSION, "timestamp": round(time.time(), 3)}
+    payload.update(readings)
+    payload["cameras"] = cameras
+    payload["device_id"] = device_id
+    return payload
+
+
+SPOOL_FIELDS = ("queued", "max_records", "dropped_total", "dropped_boot", "dropped_qos0")
+
+
+def spool(device_id, counters):
+    """The retained spool counters (spool.schema.json); ``counters`` has SPOOL_FIELDS and ``rejected``."""
+    out = {"schema_version": SCHEMA_VERSION, "device_id": device_id, "boot_id": BOOT_ID,
+           "timestamp": round(time.time(), 3)}
+    for key in SPOOL_FIELDS + ("rejected",):
+        out[key] = counters[key]
+    return out
