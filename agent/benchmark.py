@@ -1,8 +1,9 @@
 """The fast-vs-accurate trade-off: accuracy, speed and cost of each model size on this device.
 
-Everything goes through the production path: ``Letterbox`` -> ``Model`` (the
-configured backend) -> ``postprocess`` (decode + NMS), and speed is measured on the
-real ``Pipeline`` (its threads, queues and sinks). Per size:
+Everything goes through the production path: the Detector the agent runs
+(``agent.detect.open_detector``: CPU letterbox + backend + decode + NMS, or the fused
+GPU path), and speed is measured on the real ``Pipeline`` (its threads, queues and
+sinks). Per size:
 
 - baseline: the bare ``backend.infer(blob)`` loop, same model and threads;
 - latency: a Pipeline fed one frame at a time (source paced well below the
@@ -138,11 +139,11 @@ class Measurer(object):
     def run(self):
         from .engines.files import sha256_file
         from .onnx_stats import model_stats
-        from .pipeline import Model
+        from .detect import open_detector
 
         onnx_path = self.config.sizes[self.size].onnx
         self.step("loading model")
-        model = Model(self.config, self.size)
+        model = open_detector(self.config, self.size)
         try:
             stats = model_stats(onnx_path)
             meta = stats["metadata"]
@@ -188,15 +189,10 @@ class Measurer(object):
             self.tick("baseline", i + 1, total)
         self.bare = percentiles(times)
         # The whole frame path once per frame, to pace the single-frame pipeline run below it.
-        from .postprocess.nms import postprocess
-        from .preprocess import to_frame
-
-        lb, seq = Letterbox(*model.input_size), []
+        seq = []
         for _ in range(min(10, self.opts.frames)):
             t0 = time.perf_counter()
-            blob, mapping = lb.run(image)
-            boxes, _, _ = postprocess(model.decoder, model.backend.infer(blob), self.config.detection)
-            to_frame(boxes, mapping)
+            model.detect(image)
             seq.append((time.perf_counter() - t0) * 1000.0)
         self.sequential = percentiles(seq)
         return {"frames": len(times), "infer_ms": self.bare, "fps": round(1000.0 / self.bare["mean"], 2),
@@ -207,8 +203,6 @@ class Measurer(object):
         import cv2
 
         from . import coco
-        from .postprocess.nms import postprocess
-        from .preprocess import Letterbox, to_frame
 
         dataset = coco.open_dataset(self.opts.dataset)
         evaluator = coco.evaluator_name()
@@ -217,17 +211,19 @@ class Measurer(object):
                                         max_detections=MAP_MAX_DETECTIONS, top_k=max(self.config.detection.top_k,
                                                                                       30000), classes=[])
         cats = dataset.category_map(model.labels)
-        lb = Letterbox(*model.input_size)
         results = []
         self.step("accuracy on {} images of {} ({})".format(len(images), dataset.annotations, evaluator))
-        for i, im in enumerate(images):
-            image = cv2.imread(dataset.image_path(im))
-            if image is None:
-                raise AgentError("--dataset: cannot read image {}".format(dataset.image_path(im)))
-            blob, mapping = lb.run(image)
-            boxes, scores, class_ids = postprocess(model.decoder, model.backend.infer(blob), detection)
-            results.extend(coco.to_results(im["id"], to_frame(boxes, mapping), scores, class_ids, cats))
-            self.tick("accuracy", i + 1, len(images))
+        production, model.detection = model.detection, detection
+        try:
+            for i, im in enumerate(images):
+                image = cv2.imread(dataset.image_path(im))
+                if image is None:
+                    raise AgentError("--dataset: cannot read image {}".format(dataset.image_path(im)))
+                found = model.detect(image)
+                results.extend(coco.to_results(im["id"], found.boxes, found.scores, found.class_ids, cats))
+                self.tick("accuracy", i + 1, len(images))
+        finally:
+            model.detection = production
         m5095, m50 = coco.evaluate(dataset, results, [im["id"] for im in images])
         return {"map50": round(m50, 4), "map50_95": round(m5095, 4), "images": len(images), "evaluator": evaluator,
                 "conf_threshold": MAP_CONF_THRESHOLD, "iou_threshold": detection.iou_threshold,

@@ -1,13 +1,16 @@
-"""Wires the stages: sources -> preprocess -> infer -> postprocess -> sinks.
+"""Wires the stages: sources -> Detector (agent.detect) -> sinks, one FrameJob per frame.
 
-Threads and queues (capture, inference and output overlap):
-- one feeder thread per camera reads its source and letterboxes the frame into a
-  buffer from the camera's small pool, then queues it (live sources: a full queue
+Threads and queues (capture, inference and output overlap); each thread calls one of
+the Detector's stages, whichever detector it is (agent.detect.base):
+- one feeder thread per camera reads its source and calls ``prepare`` (the CPU
+  detector letterboxes there), then queues the FrameJob (live sources: a full queue
   drops its oldest frame, so inference always gets the freshest; files: wait);
-- one inference thread owns the backend (and so the CUDA context): it creates,
-  uses, swaps and closes it (a fused GPU backend also decodes and runs NMS there);
-- one output thread decodes and runs NMS on the CPU path (overlapping the next
-  inference), builds records and hands them to the sinks.
+- one inference thread owns the detector (and so the backend and CUDA context): it
+  opens, runs ``infer`` on, swaps and closes it;
+- one output thread calls ``finish`` (the CPU detector decodes and runs NMS there,
+  overlapping the next inference), builds records and hands them to the sinks.
+A job's prepared input goes back to its detector through ``FrameJob.release`` once
+``infer`` is done with it or the frame is dropped.
 """
 
 import logging
@@ -15,13 +18,8 @@ import queue
 import threading
 import time
 
-from .backends.base import backend_class, resolve_backend_name
-from .engines import artifact
+from .detect import FrameJob, open_detector
 from .errors import AgentError
-from .labels import class_names
-from .postprocess.decode import make_decoder
-from .postprocess.nms import postprocess
-from .preprocess import Letterbox, to_frame
 from .publish.schema import Sequencer, make_record
 from .sources import open_source
 from .sources.base import EndOfStream
@@ -31,38 +29,6 @@ log = logging.getLogger("edge_agent.pipeline")
 
 QUEUE_DEPTH = 2  # frames waiting per camera: enough to overlap, few enough to stay fresh
 _END = object()
-
-
-def _release(item):
-    """Give a queued frame's letterbox buffer back to its pool (fused models have none)."""
-    if item[2] is not None:
-        item[2].put(item[1])
-
-
-class Model(object):
-    """A loaded size: backend, decoder, labels, input size. Lives on the inference thread."""
-
-    def __init__(self, config, size):
-        self.size = size
-        self.backend_name = resolve_backend_name(config.backend)
-        path, manifest = artifact.artifact_for(config, size, self.backend_name)
-        self.engine_id = (manifest or {}).get("artifact_sha256", "")[:12] or "onnx"
-        cls = backend_class(self.backend_name)
-        settings = config.tensorrt if self.backend_name == "tensorrt" else config.onnxruntime
-        self.backend = cls(path, settings)
-        try:
-            self.labels = class_names(self.backend.metadata, config.sizes[size].labels)
-            self.decoder = make_decoder(self.backend.outputs, num_classes_hint=len(self.labels) or None)
-        except AgentError:
-            self.backend.close()
-            raise
-        self.input_size = self.backend.input_size
-        # A backend that keeps the frame on the GPU (preprocess, infer, decode, NMS there)
-        # offers detect(image, detection) -> (boxes in frame pixels, scores, class ids, stage ms).
-        self.fused = callable(getattr(self.backend, "detect", None))
-
-    def close(self):
-        self.backend.close()
 
 
 class Camera(object):
@@ -87,12 +53,13 @@ class Camera(object):
 class Pipeline(object):
     """The agent's frame path; see the module docstring for the threading model."""
 
-    def __init__(self, config, sinks):
+    def __init__(self, config, sinks, detector_factory=open_detector):
+        """``detector_factory(config, size) -> Detector`` (agent.detect.open_detector; tests pass others)."""
         self.config = config
         self.sinks = list(sinks)
         self.cameras = []
-        self._model = None
-        self._pools = {}  # camera id -> queue of free Letterbox buffers for the current input size
+        self._open_detector = detector_factory
+        self._detector = None
         self._stop = threading.Event()
         self._ready = threading.Condition()
         self._out = queue.Queue(maxsize=8)
@@ -116,7 +83,7 @@ class Pipeline(object):
 
         def infer_main():
             try:
-                self._model = Model(self.config, self._pick_size(self.config))
+                self._detector = self._open_detector(self.config, self._pick_size(self.config))
             except BaseException as e:  # report to start(), which re-raises on the caller's thread
                 error.append(e)
                 loaded.set()
@@ -145,7 +112,8 @@ class Pipeline(object):
         output.start()
         self._state = "running"
         self._go.set()
-        log.info("running: size %s, backend %s, %d camera(s)", self._model.size, self._model.backend_name,
+        det = self._detector
+        log.info("running: size %s, backend %s (%s detector), %d camera(s)", det.size, det.backend_name, det.kind,
                  len(self.cameras))
 
     def wait(self, timeout=None):
@@ -197,7 +165,7 @@ class Pipeline(object):
         return self._processed > 0
 
     def status(self):
-        model = self._model
+        model = self._detector
         cams = {}
         states = self.camera_states()
         for c in self.cameras:
@@ -232,9 +200,11 @@ class Pipeline(object):
         """Apply a new config: thresholds at once, a size or model change on the inference
         thread (cameras keep capturing), changed cameras reopened."""
         old = self.config
-        model_changed = (self._pick_size(config) != (self._model.size if self._model else None)
+        model_changed = (self._pick_size(config) != (self._detector.size if self._detector else None)
                          or config.sizes != old.sizes or config.backend != old.backend)
         self.config = config
+        if self._detector is not None:
+            self._detector.detection = config.detection  # thresholds apply from the next frame
         if model_changed:
             self._swap = config
         old_cams = {c.id: c for c in self.cameras}
@@ -264,16 +234,6 @@ class Pipeline(object):
 
     # --- threads ---------------------------------------------------------------------------
 
-    def _pool(self, camera, size):
-        key = (camera.id, size)
-        pool = self._pools.get(key)
-        if pool is None:
-            pool = queue.Queue()
-            for _ in range(QUEUE_DEPTH + 2):
-                pool.put(Letterbox(*size))
-            self._pools[key] = pool
-        return pool
-
     def _start_feeder(self, camera):
         camera.thread = threading.Thread(target=self._feed, args=(camera,), name="feed-" + camera.id, daemon=True)
         camera.thread.start()
@@ -294,18 +254,11 @@ class Pipeline(object):
                     break
                 if frame is None:
                     continue
-                model = self._model
-                t0 = now()
-                if model.fused:
-                    item = (frame, None, None, None, None, t0, t0)
-                else:
-                    pool = self._pool(camera, model.input_size)
-                    lb = pool.get()
-                    t0 = now()
-                    blob, mapping = lb.run(frame.image)
-                    item = (frame, lb, pool, blob, mapping, t0, now())
+                detector = self._detector
+                job = FrameJob(camera, frame, detector, t_start=now())
+                job.prepared = detector.prepare(frame.image)
                 camera.frames += 1
-                self._enqueue(camera, item)
+                self._enqueue(camera, job)
         except AgentError as e:
             log.error("%s: %s", camera.id, e)
         except Exception:
@@ -322,13 +275,13 @@ class Pipeline(object):
                 break
             except queue.Full:
                 if self._stop.is_set() and item is not _END:
-                    _release(item)
+                    item.release()
                     return
                 if camera.source.live:
                     try:  # freshest frame wins: drop the oldest waiting one
                         old = camera.queue.get_nowait()
                         if old is not _END:
-                            _release(old)
+                            old.release()
                             camera.dropped += 1
                     except queue.Empty:
                         pass
@@ -370,33 +323,23 @@ class Pipeline(object):
                 got = self._next_item()
                 if got is None:
                     break
-                camera, (frame, lb, pool, blob, mapping, t_pre0, t_pre1) = got
-                model = self._model
-                if model.fused != (lb is None) or (lb is not None and (lb.input_w, lb.input_h) != model.input_size):
-                    if lb is not None:
-                        pool.put(lb)  # prepared for the model we just swapped out
-                    camera.dropped += 1
-                    continue
-                times = {"capture": max(0.0, (t_pre0 - frame.monotonic) * 1000.0)}
-                if model.fused:
-                    boxes, scores, class_ids, gpu_times = model.backend.detect(frame.image, self.config.detection)
-                    times.update(gpu_times)
-                    result = (boxes, scores, class_ids)
-                else:
-                    t1 = now()
-                    outputs = model.backend.infer(blob)
-                    t2 = now()
-                    pool.put(lb)
-                    times.update(preprocess=(t_pre1 - t_pre0) * 1000.0, infer=(t2 - t1) * 1000.0)
-                    result = (outputs, mapping)  # decoded on the output thread, overlapping the next infer
-                self._out.put((camera, frame, model, result, times, now()))
+                camera, job = got
+                detector = self._detector
+                try:
+                    if job.detector is not detector:  # prepared for the detector we just swapped out
+                        camera.dropped += 1
+                        continue
+                    job.pending = detector.infer(job.frame.image, job.prepared)
+                finally:
+                    job.release()
+                self._out.put(job)
         except Exception:
             log.exception("inference thread failed")
             self._state = "failed"
         finally:
             # The thread that created the backend frees it (CUDA contexts are per thread).
-            if self._model is not None:
-                self._model.close()
+            if self._detector is not None:
+                self._detector.close()
             self._out.put(_END)
 
     def _do_swap(self):
@@ -404,11 +347,11 @@ class Pipeline(object):
         size = self._pick_size(config)
         log.info("loading size %s", size)
         try:
-            new = Model(config, size)
+            new = self._open_detector(config, size)
         except AgentError as e:
-            log.error("cannot switch to size %s, keeping %s: %s", size, self._model.size, e)
+            log.error("cannot switch to size %s, keeping %s: %s", size, self._detector.size, e)
             return
-        old, self._model = self._model, new
+        old, self._detector = self._detector, new
         old.close()
         log.info("switched to size %s (%s)", size, new.engine_id)
 
@@ -422,22 +365,18 @@ class Pipeline(object):
                     continue
                 if got is _END:
                     break
-                camera, frame, model, result, times, t_infer = got
-                if len(result) == 2:
-                    outputs, mapping = result
-                    t_infer = now()  # the wait in the queue is not postprocessing
-                    boxes, scores, class_ids = postprocess(model.decoder, outputs, self.config.detection)
-                    boxes = to_frame(boxes, mapping)
-                    t_post = now()
-                    times["postprocess"] = (t_post - t_infer) * 1000.0
-                else:
-                    boxes, scores, class_ids = result
-                    t_post = t_infer
+                camera, frame, detector = got.camera, got.frame, got.detector
+                got.detections = found = detector.finish(got.pending)
+                got.pending = None
+                t_post = now()
+                times = {"capture": max(0.0, (got.t_start - frame.monotonic) * 1000.0)}
+                times.update(found.times)
                 t = now()
                 times["publish"] = (t - t_post) * 1000.0
                 times["total"] = (t - frame.monotonic) * 1000.0
                 record = make_record(self.config.device_id, camera.id, self._seq.next(camera.id), frame,
-                                     model.size, model.labels, boxes, scores, class_ids, times)
+                                     detector.size, detector.labels, found.boxes, found.scores, found.class_ids,
+                                     times)
                 camera.stats.add(times, t)
                 for sink in self.sinks:
                     try:

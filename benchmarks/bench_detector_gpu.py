@@ -48,7 +48,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 from agent.config import DetectionConfig  # noqa: E402
 from agent.kernels import build, gpu  # noqa: E402
-from agent.kernels.detector import GpuDetector  # noqa: E402
+from agent.detect.fused import GpuDetector  # noqa: E402
 from agent.postprocess.decode import AnchorDecoder  # noqa: E402
 from agent.postprocess.nms import postprocess  # noqa: E402
 from agent.preprocess import Letterbox, to_frame  # noqa: E402
@@ -56,16 +56,10 @@ from bench_kernels_gpu import sample_ms  # noqa: E402  (this folder is on sys.pa
 
 
 def _host_runtime(tmp):
-    """The tests' host runtime: kernels compiled for the CPU, 'device' memory is host memory."""
-    import ctypes
+    """The host runtime: kernels compiled for the CPU, 'device' memory is host memory."""
+    from agent.kernels.host import HostRuntime
 
-    path = os.path.join(ROOT, "tests", "test_detector_host.py")
-    spec = importlib.util.spec_from_file_location("_detector_host", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, os.path.dirname(path))
-    spec.loader.exec_module(mod)
-    rt = mod.DetectorHostRuntime(ctypes.CDLL(build.host_library(tmp)))
-    return rt, gpu.load_modules(rt, {"nms": "-", "decode": "-", "preprocess": "-"})
+    return HostRuntime.build(tmp)
 
 
 class TorchEngine(object):

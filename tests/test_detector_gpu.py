@@ -16,7 +16,7 @@ pytest.importorskip("onnxruntime")  # not a collection error that stops every gp
 
 from agent.config import DetectionConfig  # noqa: E402
 from agent.kernels import gpu  # noqa: E402
-from agent.kernels.detector import GpuDetector  # noqa: E402
+from agent.detect.fused import GpuDetector  # noqa: E402
 from agent.postprocess.decode import make_decoder  # noqa: E402
 
 import test_detector_host as H  # noqa: E402

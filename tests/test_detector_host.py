@@ -1,6 +1,6 @@
-"""GpuDetector (agent/kernels/detector.py) on the CPU: host-compiled kernels, real ONNX Runtime as the engine.
+"""GpuDetector (agent/detect/fused.py) on the CPU: host-compiled kernels, real ONNX Runtime as the engine.
 
-The "device" is numpy memory behind the tests' host runtime (test_kernels_host.py),
+The "device" is numpy memory behind agent.kernels.host.HostRuntime,
 with the kernels built for the CPU through cuda_host_shim.h. ``execute`` is a real
 ONNX Runtime run that reads the engine input where GpuPreprocess wrote it and writes
 the output where GpuDecode reads it, as TensorRT does with its bindings. Results are
@@ -17,8 +17,6 @@ image (average-pooled colours through fixed 1x1 convolutions), so that
 preprocessing differences would show.
 """
 
-import ctypes
-import importlib.util
 import os
 
 import cv2
@@ -27,8 +25,8 @@ import onnxruntime as ort
 import pytest
 
 from agent.config import DetectionConfig
-from agent.kernels import build, gpu
-from agent.kernels.detector import GpuDetector
+from agent.kernels.host import HostRuntime
+from agent.detect.fused import GpuDetector
 from agent.postprocess.decode import make_decoder
 from agent.postprocess.nms import postprocess
 from agent.preprocess import Letterbox, letterbox_mapping, to_frame
@@ -38,40 +36,19 @@ REAL_MODELS = [os.path.join(ROOT, "models", "demo-fast.onnx"),
                os.path.join(ROOT, "tests", "data", "ultralytics-yolo11-tiny.onnx")]
 
 
-def _load_host_runtime_class():
-    spec = importlib.util.spec_from_file_location(
-        "_kernels_host_rt", os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_kernels_host.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.HostRuntime
-
-
-HostRuntime = _load_host_runtime_class()
-
-
 class DetectorHostRuntime(HostRuntime):
-    """The kernel tests' host runtime plus the device-to-device copy GpuDetector uses."""
+    """The host runtime, counting uploads (the mapped-frame test checks there are none)."""
 
     uploads = 0
-
-    def dtod(self, dst, src, nbytes):
-        ctypes.memmove(int(dst), int(src), nbytes)
 
     def htod(self, dst, arr):
         self.uploads += 1
         super(DetectorHostRuntime, self).htod(dst, arr)
 
-    def host_mapped(self, shape, dtype):
-        """Mapped memory on Jetson: one buffer, one address for the CPU and the GPU; here trivially so."""
-        arr = np.full(shape, 0xA5, dtype)
-        return arr, arr.ctypes.data
-
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
-    lib = ctypes.CDLL(build.host_library(str(tmp_path_factory.mktemp("detector_host"))))
-    rt = DetectorHostRuntime(lib)
-    return rt, gpu.load_modules(rt, {"nms": "-", "decode": "-", "preprocess": "-"})
+    return DetectorHostRuntime.build(str(tmp_path_factory.mktemp("detector_host")))
 
 
 def color_model(path, size=96, nc=6, seed=3):

@@ -316,7 +316,7 @@ def test_kernels_compiled_beside_the_engine_once(tmp_path):
     assert sorted(paths) == sorted(s[:-3] for s in SOURCES)
     assert all(p.endswith(".cubin") and os.path.dirname(p) == str(tmp_path / "kernels") for p in paths.values())
     assert len(lines) == 1 and "compute capability 7.5" in lines[0]
-    # What TensorRTBackend._load_detector asks for, without compiling:
+    # What TensorRTBackend.device_engine asks for, without compiling:
     assert kernel_build.load_kernels((7, 5), cache_dir=str(tmp_path / "kernels"), compile_if_missing=False) == paths
     mtimes = {p: os.path.getmtime(p) for p in paths.values()}
     assert builder.compile_kernels_for(str(tmp_path), manifest, progress=lines.append) == paths

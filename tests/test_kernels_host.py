@@ -352,76 +352,13 @@ def test_nvcc_ptx_compiles(source, tmp_path):
         assert ".entry {}(".format(name) in ptx
 
 
-# ------------------------------------------------- gpu.py wrappers on the CPU
-
-
-class HostRuntime(object):
-    """gpu.py's runtime interface over the host build: "device" memory is numpy memory.
-
-    Kernels are launched through the ea_launch_<kernel> trampolines, with every
-    argument's numpy type checked against the kernel's C parameter, so the
-    wrappers' argument order and geometry are tested without a GPU. Fresh
-    buffers are filled with 0xA5 (device memory is not zeroed either).
-    """
-
-    name = "host"
-
-    def __init__(self, lib):
-        self.lib = lib
-        self.sigs = dict(build.kernel_signatures())
-
-    def module(self, path):
-        return self
-
-    def get_function(self, name):
-        return name
-
-    def alloc(self, nbytes):
-        return np.full(nbytes, 0xA5, np.uint8)
-
-    def ptr(self, buf):
-        return buf.ctypes.data
-
-    def free(self, buf):
-        pass
-
-    def host(self, shape, dtype):
-        return np.empty(shape, dtype)
-
-    def launch(self, fn, grid, block, args):
-        params = self.sigs[fn]
-        assert len(args) == len(params), "{}: {} args for {} params".format(fn, len(args), len(params))
-        cargs = []
-        for a, p in zip(args, params):
-            if "*" in p:
-                assert isinstance(a, np.uintp), "{}: {} got {!r}".format(fn, p, a)
-                cargs.append(ctypes.c_void_p(int(a)))
-            elif p.startswith("float"):
-                assert isinstance(a, np.float32), "{}: {} got {!r}".format(fn, p, a)
-                cargs.append(ctypes.c_float(float(a)))
-            else:
-                assert isinstance(a, np.int32), "{}: {} got {!r}".format(fn, p, a)
-                cargs.append(ctypes.c_int(int(a)))
-        dims = [ctypes.c_uint(int(d)) for d in tuple(grid) + tuple(block)]
-        getattr(self.lib, "ea_launch_" + fn)(*(dims + cargs))
-
-    def htod(self, dst, arr):
-        arr = np.ascontiguousarray(arr)
-        ctypes.memmove(int(dst), arr.ctypes.data, arr.nbytes)
-
-    def dtoh(self, arr, src):
-        ctypes.memmove(arr.ctypes.data, int(src), arr.nbytes)
-
-    def zero(self, dst, nbytes):
-        ctypes.memset(int(dst), 0, nbytes)
-
-    def sync(self):
-        pass
+# ------------------------------------------------- gpu.py wrappers on the CPU (agent.kernels.host.HostRuntime)
 
 
 @pytest.fixture
 def host_rt(libs):
     from agent.kernels import gpu
+    from agent.kernels.host import HostRuntime
 
     rt = HostRuntime(libs["nms"])
     return rt, gpu.load_modules(rt, {"nms": "-", "decode": "-", "preprocess": "-"}), gpu

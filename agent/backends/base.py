@@ -8,6 +8,7 @@ post-processor's job.
 """
 
 import collections
+import contextlib
 
 from ..errors import BackendUnavailable, ConfigError
 
@@ -34,6 +35,11 @@ class Backend(object):
         """Run the model on ``blob`` (1x3xHxW float32); return {output name: ndarray}."""
         raise NotImplementedError
 
+    def device_engine(self):
+        """A DeviceEngine when the model's tensors live on a GPU the fused detector can work
+        around (agent.detect.fused), else None (the default: the CPU detector runs ``infer``)."""
+        return None
+
     def close(self):
         """Free the model and its buffers, in reverse order of creation."""
 
@@ -42,6 +48,34 @@ class Backend(object):
 
     def __exit__(self, *exc):
         self.close()
+
+
+class DeviceEngine(object):
+    """A model whose input and output tensors live in device memory, for agent.detect.fused.
+
+    ``runtime``: the GpuRuntime (agent.kernels.runtime) on the engine's stream; ``modules``:
+    the kernel modules loaded by it ({'preprocess', 'decode', 'nms'}); ``input_ptr`` and
+    ``output_ptr``: device addresses of the float32 ``input_shape`` [1, 3, H, W] and
+    ``output_shape`` [1, 4+nc, N] (YOLOv8 layout) tensors; ``execute()``: run the engine on
+    the stream (raises on failure); ``mapped_input``: the input is mapped host memory
+    (frames may be too); ``current()``: a context manager making the engine's CUDA context
+    current around every call (a no-op by default).
+    """
+
+    def __init__(self, runtime, modules, input_ptr, output_ptr, input_shape, output_shape, execute,
+                 mapped_input=False, current=None):
+        self.runtime = runtime
+        self.modules = modules
+        self.input_ptr, self.output_ptr = int(input_ptr), int(output_ptr)
+        self.input_shape, self.output_shape = tuple(input_shape), tuple(output_shape)
+        self.execute = execute
+        self.mapped_input = bool(mapped_input)
+        self.current = current or _no_context
+
+
+@contextlib.contextmanager
+def _no_context():
+    yield
 
 
 def _onnxruntime():

@@ -10,19 +10,18 @@ saving a copy each; off (the default until measured on a Xavier) they are copied
 not empty" at exit.
 
 Fused path (issue 7): for an engine with one float32 input and one YOLOv8 ``[1, 4+nc, N]``
-float32 output, ``detect(image, detection)`` runs agent.kernels.detector.GpuDetector on
-this stream: GpuPreprocess writes straight into the engine's input (the mapped buffer's
-device pointer on Jetson), GpuDecode + GpuNms read its output, and only the kept
-detections come back. ``detect`` is an attribute set in ``_load`` (None otherwise, so
-the pipeline's ``Model.fused`` is False and it uses ``infer`` + CPU postprocess); the
-kernels come from agent.kernels.build.load_kernels (cached cubin, compiled on first use).
-When the kernels cannot be loaded the backend logs why and stays on the CPU path.
+float32 output, ``device_engine()`` describes the bindings (device pointers, this stream
+as a PycudaRuntime, the kernels loaded in this context) so that agent.detect.fused runs
+preprocess, decode and NMS on the device around the engine; for any other engine it
+returns None and the CPU detector runs ``infer``. The kernels come from the cubins beside
+the engines or agent.kernels.build.load_kernels (compiled on first use); when they cannot
+be loaded the backend logs why and returns None.
 """
 
 import contextlib
 import logging
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
@@ -103,9 +102,7 @@ class TensorRTBackend(Backend):
         self._tensors = []  # type: List[Any]
         self._run = None  # type: Any
         self._addresses = []  # type: List[int]
-        self._detector = None  # type: Any
-        # Set in _load for YOLOv8-layout engines: (image, detection) -> (boxes, scores, class ids, stage ms).
-        self.detect = None  # type: Optional[Callable[[np.ndarray, Any], Tuple[Any, Any, Any, Dict[str, float]]]]
+        self._device_obj = None  # type: Any
         # Check before deserializing: a plan is native code, load only one we built (sha256).
         self.manifest = verify_artifact(engine_path)
         self.metadata = dict(self.manifest.get("onnx_metadata") or {})  # class names etc., as ONNX has them
@@ -167,14 +164,14 @@ class TensorRTBackend(Backend):
         self._tensors = tensors
         self._addresses = addresses
         self._run = trt_compat.make_executor(trt, self._context, tensors, addresses)
-        self._load_detector(device)
+        self._device_obj = device
         log.info("loaded %s (TensorRT %s, %s, %s%s)", self.engine_path, trt_compat.version_string(trt),
                  self.manifest.get("precision", {}).get("built"), device.name(),
                  ", mapped input" if self._mapped_input else "")
 
-    def _load_detector(self, device):
-        # type: (Any) -> None
-        """Set ``self.detect`` when the engine suits the fused GPU path; else log why not."""
+    def device_engine(self):
+        # type: () -> Any
+        """The DeviceEngine for agent.detect.fused when the engine suits it, else None (logs why)."""
         from ..labels import class_names
         from ..postprocess.decode import make_decoder
 
@@ -193,42 +190,38 @@ class TensorRTBackend(Backend):
             why = "input/output dtype {}/{} (needs float32)".format(np.dtype(ins[0].dtype), np.dtype(outs[0].dtype))
         if why:
             log.info("%s: fused GPU detect off, using infer + CPU postprocess: %s", self.engine_path, why)
-            return
+            return None
         from ..kernels import build
-        from ..kernels.detector import GpuDetector
-        from ..kernels.gpu import PycudaRuntime, load_modules
+        from ..kernels.gpu import load_modules
+        from ..kernels.runtime import PycudaRuntime
+        from .base import DeviceEngine
 
+        device = self._device_obj
         i_in = self._tensors.index(ins[0])
         i_out = self._tensors.index(outs[0])
         out_shape = self.outputs[0].shape
         in_shape = self.inputs[0].shape
+        rt = PycudaRuntime(self._stream)
         try:
-            # Cubins beside the engines (compiled by build-engine), else the user kernel cache.
-            engines_dir = os.path.dirname(os.path.abspath(self.engine_path))
-            paths = cached_kernels(engines_dir, device.compute_capability())
-            if paths is None:
-                paths = build.load_kernels(device.compute_capability())  # compiles once when nothing is cached
-            rt = PycudaRuntime(self._stream)
-            self._detector = GpuDetector(rt, load_modules(rt, paths), in_shape[3], in_shape[2], out_shape[1] - 4,
-                                         out_shape[2], self._execute, self._addresses[i_in],
-                                         int(self._device[i_out]), mapped_frame=self._mapped_input)
+            with self._current():
+                # Cubins beside the engines (compiled by build-engine), else the user kernel cache.
+                engines_dir = os.path.dirname(os.path.abspath(self.engine_path))
+                paths = cached_kernels(engines_dir, device.compute_capability())
+                if paths is None:
+                    paths = build.load_kernels(device.compute_capability())  # compiles once when nothing is cached
+                modules = load_modules(rt, paths)
         except Exception as e:  # no nvcc and no cached cubin, a module that does not load: stay on the CPU path
             log.warning("%s: fused GPU detect off, using infer + CPU postprocess: %s", self.engine_path,
                         str(e).splitlines()[0] if str(e) else type(e).__name__)
-            return
-        self.detect = self._detect
+            return None
         log.info("%s: fused GPU detect on (preprocess, decode and NMS on the GPU)", self.engine_path)
+        return DeviceEngine(rt, modules, self._addresses[i_in], int(self._device[i_out]), in_shape, out_shape,
+                            self._execute, mapped_input=self._mapped_input, current=self._current)
 
     def _execute(self):
         # type: () -> None
         if not self._run(self._stream.handle):
             raise EngineError("{}: TensorRT execution failed".format(self.engine_path))
-
-    def _detect(self, image, detection):
-        # type: (np.ndarray, Any) -> Tuple[Any, Any, Any, Dict[str, float]]
-        """Frame in, (boxes xyxy in frame pixels, scores, class ids, stage ms) out; all stages on the GPU."""
-        with self._current():
-            return self._detector.detect(image, detection)
 
     def infer(self, blob):
         # type: (np.ndarray) -> Dict[str, np.ndarray]
@@ -255,10 +248,6 @@ class TensorRTBackend(Backend):
             return
         try:
             with self._current():
-                self.detect = None
-                if self._detector is not None:
-                    self._detector.close()
-                    self._detector = None
                 self._run = None
                 for dev in reversed(self._device):
                     if dev is not None:
@@ -275,6 +264,7 @@ class TensorRTBackend(Backend):
                 self._context = None
                 self._engine = None
                 self._runtime = None
+                self._device_obj = None
         finally:
             ctx, self._ctx = self._ctx, None
             handle = ctx.handle

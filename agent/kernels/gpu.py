@@ -20,132 +20,13 @@ Typical use in the engine thread::
 
 import numpy as np
 
-from agent.errors import BackendUnavailable
 from agent.kernels import (DECODE_MAX_GRID, DECODE_TPB, NMS_KEEP_TPB, NMS_MAX_BOXES, NMS_SORT_TPB, NMS_TPB,
                            PRE_MAX_GRID, PRE_TPB, SOURCES, cdiv, letterbox_params, source_path)
+from agent.kernels.runtime import CupyRuntime, GpuRuntime, PycudaRuntime  # noqa: F401  (re-exported)
 
 _i32 = np.int32
 _f32 = np.float32
 _ptr = np.uintp  # kernel pointer arguments travel as 8-byte integers in both runtimes
-
-
-class PycudaRuntime(object):
-    """Launches through pycuda on ``stream`` (None: the default stream) in the current context."""
-
-    name = "pycuda"
-
-    def __init__(self, stream=None):
-        try:
-            import pycuda.driver as cuda
-        except ImportError as e:
-            raise BackendUnavailable("pycuda is not installed: {}".format(e))
-        self.cuda = cuda
-        self.stream = stream
-
-    def module(self, path):
-        return self.cuda.module_from_file(path)
-
-    def alloc(self, nbytes):
-        return self.cuda.mem_alloc(max(int(nbytes), 4))
-
-    def ptr(self, buf):
-        return int(buf)
-
-    def free(self, buf):
-        buf.free()
-
-    def host(self, shape, dtype):
-        return self.cuda.pagelocked_empty(shape, dtype)  # async copies need pinned memory
-
-    def host_mapped(self, shape, dtype):
-        """(array, device pointer): pinned host memory the GPU reads in place (zero-copy, for Jetson)."""
-        arr = self.cuda.pagelocked_empty(shape, dtype, mem_flags=self.cuda.host_alloc_flags.DEVICEMAP)
-        return arr, int(arr.base.get_device_pointer())
-
-    def launch(self, fn, grid, block, args):
-        fn(*args, grid=grid, block=block, stream=self.stream)
-
-    def htod(self, dst, arr):
-        self.cuda.memcpy_htod_async(dst, arr, self.stream)
-
-    def dtoh(self, arr, src):
-        self.cuda.memcpy_dtoh_async(arr, src, self.stream)
-
-    def zero(self, dst, nbytes):
-        self.cuda.memset_d8_async(dst, 0, nbytes, self.stream)
-
-    def dtod(self, dst, src, nbytes):
-        self.cuda.memcpy_dtod_async(dst, src, nbytes, self.stream)
-
-    def sync(self):
-        if self.stream is not None:
-            self.stream.synchronize()
-        else:
-            self.cuda.Context.synchronize()
-
-
-class CupyRuntime(object):
-    """Launches through CuPy on its current stream; modules from cubin/PTX or from .cu source (NVRTC)."""
-
-    name = "cupy"
-
-    def __init__(self):
-        try:
-            import cupy
-        except ImportError as e:
-            raise BackendUnavailable("cupy is not installed: {}".format(e))
-        self.cupy = cupy
-        self.rt = cupy.cuda.runtime
-
-    def module(self, path):
-        if path.endswith(".cu"):
-            with open(path) as f:
-                return self.cupy.RawModule(code=f.read())
-        return self.cupy.RawModule(path=path)
-
-    def alloc(self, nbytes):
-        return self.cupy.cuda.alloc(max(int(nbytes), 4))
-
-    def ptr(self, buf):
-        return int(buf.ptr)
-
-    def free(self, buf):
-        pass  # the MemoryPointer returns to CuPy's pool when the last reference goes
-
-    def host(self, shape, dtype):
-        import cupyx
-
-        return cupyx.empty_pinned(shape, dtype)  # pinned, as PycudaRuntime's: copies are truly async
-
-    def host_mapped(self, shape, dtype):
-        """(array, device pointer): mapped pinned memory, as PycudaRuntime's (the benchmark's --zero-copy)."""
-        import numpy as np
-
-        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        mem = self.cupy.cuda.PinnedMemoryPointer(self.cupy.cuda.PinnedMemory(n, self.rt.hostAllocMapped), 0)
-        arr = np.frombuffer(mem, dtype, int(np.prod(shape))).reshape(shape)
-        return arr, int(self.rt.hostGetDevicePointer(mem.ptr, 0))
-
-    def _stream(self):
-        return self.cupy.cuda.get_current_stream().ptr
-
-    def launch(self, fn, grid, block, args):
-        fn(grid, block, args)
-
-    def htod(self, dst, arr):
-        self.rt.memcpyAsync(int(dst), arr.ctypes.data, arr.nbytes, self.rt.memcpyHostToDevice, self._stream())
-
-    def dtoh(self, arr, src):
-        self.rt.memcpyAsync(arr.ctypes.data, int(src), arr.nbytes, self.rt.memcpyDeviceToHost, self._stream())
-
-    def zero(self, dst, nbytes):
-        self.rt.memsetAsync(int(dst), 0, nbytes, self._stream())
-
-    def dtod(self, dst, src, nbytes):
-        self.rt.memcpyAsync(int(dst), int(src), nbytes, self.rt.memcpyDeviceToDevice, self._stream())
-
-    def sync(self):
-        self.cupy.cuda.get_current_stream().synchronize()
 
 
 def load_modules(runtime, paths=None):

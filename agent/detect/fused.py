@@ -1,4 +1,8 @@
-"""The fused GPU detector of issue 7: frame in, final detections out, everything between on the device.
+"""The fused detector: frame in, final detections out, everything between on the GPU around the engine.
+
+``FusedDetector`` (the Detector the pipeline runs) wraps ``GpuDetector`` around a
+backend's ``DeviceEngine`` (agent.backends.base): TensorRT's bindings on its stream
+in production; in CI, ONNX Runtime with the host-compiled kernels (agent.kernels.host).
 
 ``GpuDetector.detect(image, detection)`` uploads the BGR frame from a pinned host
 buffer (on Jetson, ``mapped_frame``: the kernel reads it in place), letterboxes it
@@ -29,8 +33,8 @@ on a desktop GPU, ~0.1 ms on a Jetson) and the overlap of host enqueue with GPU 
 between stages. With False, preprocess and infer measure enqueue time only and
 postprocess absorbs the wait (the total is still right).
 
-Like gpu.py, this works with any runtime adapter (PycudaRuntime, CupyRuntime, the
-tests' host runtime) and must be used on the thread that owns the CUDA context.
+Like gpu.py, this works with any GpuRuntime (agent.kernels.runtime: pycuda, CuPy, the
+host build) and must be used on the thread that owns the CUDA context.
 """
 
 import logging
@@ -42,6 +46,8 @@ from agent.kernels import NMS_MAX_BOXES
 from agent.kernels.gpu import GpuDecode, GpuNms, GpuPreprocess
 from agent.postprocess.nms import nms as host_nms
 from agent.preprocess import to_frame
+
+from .base import Detections, Detector
 
 log = logging.getLogger("edge_agent.kernels")
 
@@ -227,3 +233,38 @@ class GpuDetector(object):
         if self._pre is not None:
             self._pre.close()
             self._pre = None
+
+
+class FusedDetector(Detector):
+    """The Detector over a DeviceEngine: ``infer`` runs GpuDetector.detect (every stage on the
+    device, inside the engine's CUDA context); ``prepare`` and ``finish`` have nothing to do.
+
+    Raises what GpuDetector raises when its buffers or kernels cannot be set up.
+    """
+
+    kind = "fused"
+
+    def __init__(self, backend, engine, size, labels, detection, **kw):
+        super(FusedDetector, self).__init__(backend, size, labels, detection, **kw)
+        self.engine = engine
+        _, _, h, w = engine.input_shape
+        _, rows, anchors = engine.output_shape
+        with engine.current():
+            self.gpu = GpuDetector(engine.runtime, engine.modules, w, h, rows - 4, anchors, engine.execute,
+                                   engine.input_ptr, engine.output_ptr, mapped_frame=engine.mapped_input)
+
+    def infer(self, image, prepared):
+        with self.engine.current():
+            boxes, scores, class_ids, times = self.gpu.detect(image, self.detection)
+        return Detections(boxes, scores, class_ids, times)
+
+    def finish(self, pending):
+        return pending
+
+    def close(self):
+        """Free the kernels' buffers, then the engine (reverse order of creation); idempotent."""
+        gpu, self.gpu = self.gpu, None
+        if gpu is not None:
+            with self.engine.current():
+                gpu.close()
+        self.backend.close()
