@@ -16,6 +16,7 @@ synthetic frame: a few seconds) and the report saved.
 If no size meets the constraints, the fastest one is picked with a WARNING.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,8 +28,6 @@ log = logging.getLogger("edge_agent.autosize")
 
 QUICK_FRAMES = 20
 QUICK_WARMUP = 3
-
-last_choice_reason = ""  # why the last choose_size() picked what it did (for status)
 
 
 def report_path(config):
@@ -54,7 +53,7 @@ def load_report(path):
 
 def stale_reasons(report, config):
     """Why ``report`` does not describe this device, backend and these models ([] when it does)."""
-    from .benchmark import environment
+    from .measure import environment
     from .engines.files import sha256_file
 
     here = environment(config)
@@ -162,12 +161,20 @@ def pick(report, sizes, latency_budget_ms=0.0, target_fps=0.0):
     return chosen, reason, False
 
 
+def resolve(config):
+    """(``config`` with a concrete size, why): ``size: auto`` decided here, before any pipeline
+    exists (the service at start and on reload); any other size passes through with reason ''."""
+    if config.size != "auto":
+        return config, ""
+    size, reason = choose_size_with_reason(config)
+    return dataclasses.replace(config, size=size), reason
+
+
 def choose_size_with_reason(config, report=None):
     """(size name, one-line reason) for ``size: auto``; measures first when the report is stale.
 
     Raises AgentError when the sizes cannot be measured.
     """
-    global last_choice_reason
     if report is None:
         path = report_path(config)
         stored = load_report(path)
@@ -180,10 +187,5 @@ def choose_size_with_reason(config, report=None):
     budget, target = config.auto_size.latency_budget_ms, config.auto_size.target_fps
     size, reason, met = pick(report, sorted(config.sizes), budget, target)
     (log.info if met else log.warning)("%s", reason)
-    last_choice_reason = reason
     return size, reason
 
-
-def choose_size(config):
-    """The size ``size: auto`` runs with; see the module docstring."""
-    return choose_size_with_reason(config)[0]

@@ -5,6 +5,10 @@ the YAML file, environment variables (``EDGE_AGENT_SIZE=accurate``,
 ``EDGE_AGENT_MQTT__URL=mqtt://host``: ``__`` nests), then CLI overrides.
 Every error names the dotted key and the bad value and raises ConfigError,
 which the CLI turns into exit code 78 before any camera or GPU is opened.
+
+Why this module is longer than the others (~630 lines): every key's type, default and
+bound sit beside the loader and the cross-field checks that enforce them, with the one
+table of environment variables; split, one fact would live in two places.
 """
 
 import dataclasses
@@ -19,6 +23,7 @@ from typing import Any, Dict, List, Optional, Union
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .sources.base import redact
 
 ENV_PREFIX = "EDGE_AGENT_"
 DEFAULT_CONFIG_PATH = "/etc/edge-agent/config.yaml"
@@ -576,18 +581,9 @@ def _check_topic_prefix(key, value):
                           "empty levels or a leading '$', got {}".format(key, _describe(value)))
 
 
-def redact_url(url):
-    """``url`` with the password (between the first ':' of the user part and the last '@') hidden."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    return "{}{}{}:***@{}".format(scheme, sep, userinfo.split(":", 1)[0], host)
-
-
 def _check_mqtt_url(url):
     """mqtt[s]://[user@]host[:port], port 1..65535, nothing after it; raises ConfigError."""
-    shown = _describe(redact_url(url))
+    shown = _describe(redact(url))
     try:
         parts = urlsplit(url)
         port = parts.port  # ValueError: not a number, or outside 0..65535

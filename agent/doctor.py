@@ -228,7 +228,7 @@ def check_engines(config):
                           "chown the directory to the agent's user")
     notes = []
     try:
-        from .backends.base import resolve_backend_name
+        from .backends import resolve_backend_name
         from .engines import artifact
 
         backend = resolve_backend_name(config.backend)
@@ -248,7 +248,7 @@ def check_engines(config):
 
 def check_kernels(config):
     """The fused GPU path's CUDA kernels: compiled beside the engines, or an nvcc to compile them once."""
-    from .backends.base import resolve_backend_name
+    from .backends import resolve_backend_name
 
     try:
         backend = resolve_backend_name(config.backend)

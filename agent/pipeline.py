@@ -27,6 +27,11 @@ from .timing import RollingStats, now
 
 log = logging.getLogger("edge_agent.pipeline")
 
+def _concrete(config):
+    if config.size == "auto":
+        raise AgentError("size: 'auto' must be resolved before the pipeline starts (agent.autosize.resolve)")
+
+
 QUEUE_DEPTH = 2  # frames waiting per camera: enough to overlap, few enough to stay fresh
 _END = object()
 
@@ -53,8 +58,11 @@ class Camera(object):
 class Pipeline(object):
     """The agent's frame path; see the module docstring for the threading model."""
 
-    def __init__(self, config, sinks, detector_factory=open_detector):
-        """``detector_factory(config, size) -> Detector`` (agent.detect.open_detector; tests pass others)."""
+    def __init__(self, config, sinks, detector_factory=open_detector, size_reason=""):
+        """``config.size`` is a concrete size (``size: auto`` is resolved by whoever starts the
+        pipeline: agent.autosize.resolve); ``detector_factory(config, size) -> Detector``
+        (agent.detect.open_detector; tests pass others). Raises AgentError for ``auto``."""
+        _concrete(config)
         self.config = config
         self.sinks = list(sinks)
         self.cameras = []
@@ -64,7 +72,7 @@ class Pipeline(object):
         self._ready = threading.Condition()
         self._out = queue.Queue(maxsize=8)
         self._seq = Sequencer()
-        self._size_reason = ""  # why size: auto picked the size it did
+        self.size_reason = size_reason  # with size: auto, why the caller picked this size (status)
         self._swap = None  # a config whose size/model the inference thread must switch to
         self._processed = 0
         self._state = "created"
@@ -83,7 +91,7 @@ class Pipeline(object):
 
         def infer_main():
             try:
-                self._detector = self._open_detector(self.config, self._pick_size(self.config))
+                self._detector = self._open_detector(self.config, self.config.size)
             except BaseException as e:  # report to start(), which re-raises on the caller's thread
                 error.append(e)
                 loaded.set()
@@ -180,7 +188,7 @@ class Pipeline(object):
             "engine_id": model.engine_id if model else "",
             "fps": round(fps, 2),
             "cameras": cams,
-            "size_reason": self._size_reason,
+            "size_reason": self.size_reason,
         }
 
     def timing_summaries(self):
@@ -196,11 +204,13 @@ class Pipeline(object):
 
     # --- reload ----------------------------------------------------------------------------
 
-    def reload(self, config):
-        """Apply a new config: thresholds at once, a size or model change on the inference
-        thread (cameras keep capturing), changed cameras reopened."""
+    def reload(self, config, size_reason=""):
+        """Apply a new config (a concrete size): thresholds at once, a size or model change on
+        the inference thread (cameras keep capturing), changed cameras reopened."""
+        _concrete(config)
         old = self.config
-        model_changed = (self._pick_size(config) != (self._detector.size if self._detector else None)
+        self.size_reason = size_reason
+        model_changed = (config.size != (self._detector.size if self._detector else None)
                          or config.sizes != old.sizes or config.backend != old.backend)
         self.config = config
         if self._detector is not None:
@@ -220,17 +230,7 @@ class Pipeline(object):
                 camera = Camera(config, cam, open_source(cam))
                 self.cameras.append(camera)
                 self._start_feeder(camera)
-        log.info("reloaded configuration%s", " (switching to size {})".format(self._pick_size(config))
-                 if model_changed else "")
-
-    def _pick_size(self, config):
-        if config.size != "auto":
-            self._size_reason = ""
-            return config.size
-        from .autosize import choose_size_with_reason
-
-        size, self._size_reason = choose_size_with_reason(config)
-        return size
+        log.info("reloaded configuration%s", " (switching to size {})".format(config.size) if model_changed else "")
 
     # --- threads ---------------------------------------------------------------------------
 
@@ -344,7 +344,7 @@ class Pipeline(object):
 
     def _do_swap(self):
         config, self._swap = self._swap, None
-        size = self._pick_size(config)
+        size = config.size
         log.info("loading size %s", size)
         try:
             new = self._open_detector(config, size)

@@ -22,6 +22,7 @@ import threading
 import time
 
 from . import sdnotify
+from .autosize import resolve as resolve_size
 from .errors import AgentError, ConfigError
 from .health import read_health
 from .publish import schema
@@ -167,6 +168,7 @@ def _reload(pipeline, config, config_path, overrides):
     try:
         new = load_config(config_path, overrides)
         check_sources(new)
+        new, reason = resolve_size(new)
     except ConfigError as e:
         log.error("reload: keeping the running configuration: %s", e)
         return config
@@ -174,10 +176,11 @@ def _reload(pipeline, config, config_path, overrides):
         log.error("reload: keeping the running configuration: %s: %s", type(e).__name__, e)
         return config
     try:
-        pipeline.reload(new)
+        pipeline.reload(new, reason)
     except AgentError as e:
         log.error("reload: %s", e)
         return config
+    logging.getLogger().setLevel(new.log_level.upper())
     log.info("reload: configuration from %s applied", config_path or "defaults")
     return new
 
@@ -199,7 +202,9 @@ def run_agent(config, sinks, config_path=None, overrides=None, pipeline_factory=
         started_at = time.time()
         initial = schema.status(config, {"state": "starting", "fps": 0.0}, started_at)
         _each_sink(sinks, "start", initial)
-        pipeline = pipeline_factory(config, sinks)
+        logging.getLogger().setLevel(config.log_level.upper())
+        config, reason = resolve_size(config)  # size: auto is decided before a pipeline exists
+        pipeline = pipeline_factory(config, sinks, size_reason=reason)
         try:
             _start(pipeline, flags)
         except AgentError as e:

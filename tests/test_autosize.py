@@ -21,10 +21,10 @@ def _cfg(tmp_path, demo_models, **auto):
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory, demo_models):
-    """(state dir, report) after choose_size measured both demo sizes on this machine."""
+    """(state dir, report) after resolve() measured both demo sizes on this machine."""
     tmp = tmp_path_factory.mktemp("auto")
     config = _cfg(tmp, demo_models)
-    autosize.choose_size(config)  # no report yet: measures and saves
+    autosize.resolve(config)  # no report yet: measures and saves
     with open(str(tmp / "benchmark.json")) as f:
         return tmp, json.load(f)
 
@@ -53,9 +53,9 @@ def test_tight_budget_picks_fast_loose_picks_accurate(measured, demo_models, cap
     assert size == "fast"
     assert reason.startswith("size auto: picked fast")
     assert "accurate p50 {:.1f} ms > budget".format(_latency(report, "accurate")) in reason
-    assert autosize.last_choice_reason == reason
     loose = _latency(report, "accurate") * 3
-    assert autosize.choose_size(_cfg(tmp, demo_models, latency_budget_ms=loose)) == "accurate"
+    resolved, reason = autosize.resolve(_cfg(tmp, demo_models, latency_budget_ms=loose))
+    assert resolved.size == "accurate" and reason.startswith("size auto: picked accurate")
     # The stored report was reused: no re-measure message.
     assert "measuring sizes" not in caplog.text
 
@@ -63,15 +63,15 @@ def test_tight_budget_picks_fast_loose_picks_accurate(measured, demo_models, cap
 def test_fps_target(measured, demo_models):
     tmp, report = measured
     mid = (_fps(report, "fast") + _fps(report, "accurate")) / 2.0
-    assert autosize.choose_size(_cfg(tmp, demo_models, target_fps=mid)) == "fast"
-    assert autosize.choose_size(_cfg(tmp, demo_models, target_fps=_fps(report, "accurate") / 3)) == "accurate"
+    assert autosize.resolve(_cfg(tmp, demo_models, target_fps=mid))[0].size == "fast"
+    assert autosize.resolve(_cfg(tmp, demo_models, target_fps=_fps(report, "accurate") / 3))[0].size == "accurate"
 
 
 def test_nothing_fits_picks_fastest_with_warning(measured, demo_models, caplog):
     tmp, report = measured
     caplog.set_level(logging.INFO, logger="edge_agent.autosize")
     budget = _latency(report, "fast") / 10.0
-    assert autosize.choose_size(_cfg(tmp, demo_models, latency_budget_ms=budget)) == "fast"
+    assert autosize.resolve(_cfg(tmp, demo_models, latency_budget_ms=budget))[0].size == "fast"
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "no size meets" in warnings[0].getMessage()
 
@@ -98,12 +98,13 @@ def test_stale_report_is_measured_again(measured, demo_models, tmp_path):
     path.write_text(json.dumps(stale))
     config = _cfg(tmp_path, demo_models, latency_budget_ms=(_latency(report, "fast") + _latency(report, "accurate")) / 2)
     assert autosize.stale_reasons(stale, config) == ["hostname another-device -> {}".format(os.uname()[1])]
-    assert autosize.choose_size(config) == "fast"  # the fake 0.001 ms was not trusted
+    assert autosize.resolve(config)[0].size == "fast"  # the fake 0.001 ms was not trusted
     fresh = json.loads(path.read_text())
     assert fresh["environment"]["hostname"] == os.uname()[1]
 
 
 def test_pipeline_runs_the_chosen_size(measured, demo_models, tmp_path):
+    from agent.errors import AgentError
     from agent.pipeline import Pipeline
 
     state, report = measured
@@ -113,7 +114,10 @@ def test_pipeline_runs_the_chosen_size(measured, demo_models, tmp_path):
         "size": "auto", "auto_size": {"latency_budget_ms": _latency(report, "accurate") * 3},
         "state_dir": str(state), "engines_dir": str(tmp_path / "engines"), "output": {"jsonl": None},
         "cameras": [{"id": "cam0", "source": video, "realtime": False}]}, environ={})
-    pipeline = Pipeline(config, [])
+    with pytest.raises(AgentError, match="size: 'auto' must be resolved before the pipeline starts"):
+        Pipeline(config, [])  # nothing that belongs before the pipeline runs inside it
+    resolved, reason = autosize.resolve(config)
+    pipeline = Pipeline(resolved, [], size_reason=reason)
     pipeline.start()
     try:
         assert pipeline.wait(30)

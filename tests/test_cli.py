@@ -136,3 +136,14 @@ def test_hostile_config_real_process(tmp_path, content, env, needle):
         assert_one_line_error(proc, needle)
         assert len(proc.stderr.splitlines()) == 1, proc.stderr  # no log line: nothing was opened
         assert "secret" not in proc.stderr + proc.stdout and proc.stdout == ""
+
+
+def test_log_level_from_the_config_and_the_command_line(tmp_path, small_video):
+    config = tmp_path / "quiet.yaml"
+    config.write_text("log_level: warning\n")
+    quiet = run_cli(["run", "--config", str(config), "--source", small_video, "--max-frames", "3"])
+    assert quiet.returncode == 0, quiet.stderr
+    assert "INFO" not in quiet.stderr and len(records(quiet.stdout)) == 3
+    loud = run_cli(["--log-level", "info", "run", "--config", str(config), "--source", small_video,
+                    "--max-frames", "3"])  # the command line wins over the file
+    assert loud.returncode == 0 and "INFO edge_agent.pipeline: running" in loud.stderr

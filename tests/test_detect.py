@@ -19,6 +19,7 @@ import sys
 import numpy as np
 import pytest
 
+from agent import backends
 from agent.backends import base as backends_base
 from agent.backends.onnxruntime import OnnxRuntimeBackend
 from agent.config import load_config
@@ -106,7 +107,7 @@ def test_fused_pipeline_matches_cpu_pipeline(host_kernels, video, monkeypatch):
 
     HostKernelBackend.kernels = host_kernels
     cpu_records = run_pipeline(config, cpu)
-    monkeypatch.setitem(backends_base.REGISTRY, "onnxruntime", lambda: HostKernelBackend)
+    monkeypatch.setitem(backends.REGISTRY, "onnxruntime", lambda: HostKernelBackend)
     fused_records = run_pipeline(config, cpu)
     assert kinds == [CpuDetector, FusedDetector]
 

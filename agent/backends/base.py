@@ -1,4 +1,4 @@
-"""The inference-backend interface and the registry of backends, keyed by name.
+"""The inference-backend interface (the registry of backends is the package: agent.backends).
 
 A backend owns one model (an ONNX file for onnxruntime, a verified engine for
 tensorrt). It is created, used and closed on one thread: the pipeline's
@@ -10,7 +10,6 @@ post-processor's job.
 import collections
 import contextlib
 
-from ..errors import BackendUnavailable, ConfigError
 
 TensorSpec = collections.namedtuple("TensorSpec", "name shape dtype")
 
@@ -76,41 +75,3 @@ class DeviceEngine(object):
 @contextlib.contextmanager
 def _no_context():
     yield
-
-
-def _onnxruntime():
-    from .onnxruntime import OnnxRuntimeBackend
-
-    return OnnxRuntimeBackend
-
-
-def _tensorrt():
-    from .tensorrt import TensorRTBackend
-
-    return TensorRTBackend
-
-
-# Name -> loader, so that only the chosen backend's runtime is imported.
-REGISTRY = collections.OrderedDict([("tensorrt", _tensorrt), ("onnxruntime", _onnxruntime)])
-
-
-def backend_class(name):
-    """The Backend class registered as ``name``; raises ConfigError or BackendUnavailable."""
-    if name not in REGISTRY:
-        raise ConfigError("backend: unknown backend {!r} (known: auto, {})".format(name, ", ".join(REGISTRY)))
-    try:
-        return REGISTRY[name]()
-    except ImportError as e:
-        raise BackendUnavailable("backend {}: its runtime is not installed here ({})".format(name, e))
-
-
-def resolve_backend_name(name):
-    """Map ``auto`` to tensorrt where tensorrt and pycuda import, else onnxruntime."""
-    if name != "auto":
-        return name
-    try:
-        import tensorrt  # noqa: F401
-        import pycuda.driver  # noqa: F401
-    except Exception:
-        return "onnxruntime"
-    return "tensorrt"

@@ -5,6 +5,8 @@ import sys
 
 import click
 
+from .options import config_option
+
 
 def _parse_streams(ctx, param, value):
     try:
@@ -44,8 +46,7 @@ class ProgressBar(object):
 
 
 @click.command("benchmark")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="YAML config (default: the embedded demo config with its two sizes).")
+@config_option
 @click.option("--size", "sizes", multiple=True, help="A size to measure; repeat for several (default: all configured).")
 @click.option("--dataset", default=None,
               help="COCO split folder (instances.json + images/) or an instances.json (default: data/demo/val).")

@@ -6,6 +6,7 @@ import os
 import click
 
 from ..errors import ModelError
+from .options import config_option, config_path_or_default
 
 
 def _parse_batch(ctx, param, value):
@@ -21,8 +22,7 @@ def _parse_batch(ctx, param, value):
 
 
 @click.command("build-engine")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Config file (default: the built-in demo config).")
+@config_option
 @click.option("--size", default=None, help="A configured size name (fast, accurate, ...) or 'all' (default: the config's size).")
 @click.option("--onnx", type=click.Path(dir_okay=False), default=None, help="Build from this ONNX instead of the size's.")
 @click.option("--engines-dir", type=click.Path(file_okay=False), default=None, help="Where artifacts live (default: config engines_dir).")
@@ -43,10 +43,10 @@ def build_engine(ctx, config_path, size, onnx, engines_dir, backend, precision, 
                  calib_cache, dla_core, workspace_mb, batch, force, check):
     """Build the engine of a model size (TensorRT, or ONNX Runtime's optimized model)."""
     from ..engines import artifact, build
-    from ..backends.base import resolve_backend_name
+    from ..backends import resolve_backend_name
     from ..config import load_config
 
-    config = load_config(config_path, check_files=False)
+    config = load_config(config_path_or_default(config_path), check_files=False)
     names = sorted(config.sizes) if size == "all" else [size or config.size]
     if onnx is not None and len(names) != 1:
         raise click.UsageError("--onnx needs a single --size, not 'all'")

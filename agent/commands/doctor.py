@@ -4,12 +4,12 @@ import json
 
 import click
 
-from ..config import DEFAULT_CONFIG_PATH, load_config
+from ..config import load_config
+from .options import config_option, config_path_or_default
 
 
 @click.command("doctor")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="YAML config (default: {} if it exists, else the embedded defaults).".format(DEFAULT_CONFIG_PATH))
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 def doctor(config_path, as_json):
     """Check Python, OpenCV, ONNX Runtime, TensorRT, CUDA, cameras, broker and engines; print fixes.
@@ -22,8 +22,7 @@ def doctor(config_path, as_json):
     from ..config import env_problems
     from ..doctor import format_check, run_checks
 
-    if config_path is None and os.path.isfile(DEFAULT_CONFIG_PATH):
-        config_path = DEFAULT_CONFIG_PATH
+    config_path = config_path_or_default(config_path)
     # An unknown EDGE_AGENT_* variable is one check among the others, not the end of doctor.
     environ = {k: v for k, v in os.environ.items() if not env_problems({k: v})}
     config = load_config(config_path, environ=environ, check_files=False)

@@ -5,14 +5,11 @@ import os
 
 import click
 
-from ..config import DEFAULT_CONFIG_PATH, load_config, redact_url, to_dict
+from ..config import load_config, to_dict
 from ..config import check_sources as check_source_uris
+from ..sources.base import redact
+from .options import config_option, config_path_or_default
 
-# A plain string, not click.Path(dir_okay=False): read_yaml names a bad path in a ConfigError
-# (exit 78, like every other config problem) where click would exit 2.
-config_option = click.option(
-    "--config", "config_path", default=None,
-    help="YAML config (default: {} if it exists, else the embedded demo defaults).".format(DEFAULT_CONFIG_PATH))
 
 
 def overrides_from(source=None, size=None, model=None, max_frames=None, output=None, broker=None,
@@ -53,8 +50,7 @@ def resolve(config_path, overrides, check_sources=True):
     source URIs (parsed, files checked) and, with MQTT on, the password and TLS files.
     Raises ConfigError.
     """
-    if config_path is None and os.path.isfile(DEFAULT_CONFIG_PATH):
-        config_path = DEFAULT_CONFIG_PATH
+    config_path = config_path_or_default(config_path)
     config = load_config(config_path, overrides)
     if check_sources:
         check_source_uris(config)
@@ -85,6 +81,9 @@ def run(config_path, source, size, model, backend, max_frames, output, broker, d
     from ..service import run_agent
 
     overrides = overrides_from(source, size, model, max_frames, output, broker, device_id, backend, realtime, loop)
+    cli_level = (click.get_current_context().find_root().obj or {}).get("log_level")
+    if cli_level:  # --log-level is one more override: it wins over the file, on reload too
+        overrides["log_level"] = cli_level
     config, config_path = resolve(config_path, overrides)
     code = run_agent(config, make_sinks(config), config_path=config_path, overrides=overrides)
     raise click.exceptions.Exit(code)
@@ -98,9 +97,9 @@ def check_config(config_path, as_json):
     config, path = resolve(config_path, {})
     if as_json:
         data = to_dict(config)
-        data["mqtt"]["url"] = redact_url(config.mqtt.url)
+        data["mqtt"]["url"] = redact(config.mqtt.url)
         for cam in data["cameras"]:
-            cam["source"] = redact_url(cam["source"])
+            cam["source"] = redact(cam["source"])
         click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
     from ..sources import describe_source
@@ -111,5 +110,5 @@ def check_config(config_path, as_json):
         click.echo("size {}: {}".format(name, size.onnx))
     for cam in config.cameras:
         click.echo("camera {}: {}".format(cam.id, describe_source(cam.source)))
-    click.echo("mqtt: {}".format(redact_url(config.mqtt.url) if config.mqtt.enabled else "off"))
+    click.echo("mqtt: {}".format(redact(config.mqtt.url) if config.mqtt.enabled else "off"))
     click.echo("ok")

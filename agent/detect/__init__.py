@@ -17,7 +17,7 @@ log = logging.getLogger("edge_agent.detect")
 
 def open_detector(config, size):
     """The Detector for ``size`` of ``config``; raises AgentError (ModelError, EngineError, ...)."""
-    from ..backends.base import backend_class, resolve_backend_name
+    from ..backends import backend_class, resolve_backend_name
     from ..engines import artifact
     from ..labels import class_names
     from ..postprocess.decode import make_decoder

@@ -1,4 +1,4 @@
-"""Greedy non-maximum suppression: the numpy reference the CUDA kernel is checked against.
+"""Greedy non-maximum suppression, fast: the numpy path (agent/postprocess/nms_reference.py is the oracle).
 
 Semantics equal OpenCV's ``cv2.dnn.NMSBoxes`` with float rects (``Rect2d``), eta=1,
 top_k=0 (checked by tests/test_nms.py on randomized and boundary cases):

@@ -10,7 +10,7 @@ import os
 import re
 
 from ..errors import SourceError
-from .base import EndOfStream, Frame, FrameSource, SourceStats
+from .base import EndOfStream, Frame, FrameSource, SourceStats, redact  # noqa: F401 (redact: the API)
 
 __all__ = ["open_source", "check_uri", "describe_source", "parse_uri", "redact", "SourceSpec",
            "Frame", "FrameSource", "SourceStats", "EndOfStream", "SourceError"]
@@ -73,11 +73,6 @@ def _path_spec(path, uri, key, check_paths):
     if check_paths:
         raise SourceError("{}: no such file or folder: {} (URI schemes: {})".format(key, path, KNOWN))
     return SourceSpec("file", path, uri)
-
-
-def redact(uri):
-    """The URI without its password, for logs and errors."""
-    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", uri)
 
 
 def check_uri(uri, key="source"):

@@ -67,3 +67,16 @@ class FrameSource(object):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def redact(uri):
+    """``uri`` with its password hidden (``user:***@host``), for logs, errors and check-config.
+
+    Everything between the user's ':' and the last '@' is hidden, so a password with '@' or
+    '/' in it does not leak (a path with '@' in it is hidden too: the safe side).
+    """
+    scheme, sep, rest = uri.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return uri
+    return "{}://{}:***@{}".format(scheme, userinfo.split(":", 1)[0], host)

@@ -11,7 +11,7 @@ import re
 import cv2
 
 from ..errors import SourceError
-from . import redact
+from .base import redact
 from .live import LiveSource
 
 log = logging.getLogger("edge_agent.sources")
