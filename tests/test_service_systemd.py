@@ -68,6 +68,13 @@ class Systemd(object):
                                       "--propagation", "private", "sh", "-c", BOOT, "boot", workdir, ROOT],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.pid = None
+        try:
+            self._boot()
+        except BaseException:
+            self.close()  # a namespace left behind would outlive the test run
+            raise
+
+    def _boot(self):
         deadline = time.monotonic() + 10
         while self.pid is None and time.monotonic() < deadline and self.proc.poll() is None:
             children = open("/proc/{}/task/{}/children".format(self.proc.pid, self.proc.pid)).read().split()
@@ -122,6 +129,8 @@ class Systemd(object):
     def close(self):
         if self.pid:
             os.kill(self.pid, 9)  # ends everything in the namespace, mounts included
+        elif self.proc.poll() is None:
+            self.proc.kill()
         self.proc.wait(timeout=30)
 
 
