@@ -7,9 +7,8 @@ engine: ``device_engine()`` gives the kernels the engine's input and output "dev
 buffers, and ``execute`` reads the input the preprocess kernel wrote and writes the
 output the decode kernel reads, as TensorRT's bindings do. Everything else
 (open_detector, the threads, records) is what the agent runs. Its records must match
-the CPU detector's on a real video: same detections, boxes within 0.5 px (the GPU
-letterbox is float bilinear, OpenCV's 8-bit: where NMS chooses between two overlapping
-anchors scoring within that tolerance, the other one may be kept; counted, at most 2%).
+the CPU detector's on a real video: same detections, boxes within 0.5 px (the preprocess
+kernel reproduces OpenCV's 8-bit letterbox, so both paths feed the engine one image).
 """
 
 import os
@@ -79,13 +78,6 @@ class ListSink(Sink):
         self.records.append(record)
 
 
-def iou(a, b):
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih
-    return iw * ih / union if union > 0 else 0.0
-
-
 def run_pipeline(config, factory):
     sink = ListSink()
     p = Pipeline(config, [sink], detector_factory=factory)
@@ -112,12 +104,13 @@ def test_fused_pipeline_matches_cpu_pipeline(host_kernels, video, monkeypatch):
     assert kinds == [CpuDetector, FusedDetector]
 
     assert len(cpu_records) == len(fused_records) > 0
-    total = worst = swaps = 0
+    total = worst = 0
     for c, f in zip(cpu_records, fused_records):
         assert c["frame_index"] == f["frame_index"] and c["seq"] == f["seq"]
         assert set(f["timing_ms"]) == set(c["timing_ms"])
-        # Same detections; their order may differ where two scores are within the preprocess
-        # tolerance (float bilinear on the "device" vs OpenCV's 8-bit rounding).
+        # Same detections, boxes within 0.5 px: the preprocess kernel reproduces OpenCV's
+        # letterbox pixel for pixel, so both paths feed the engine one image. Order may
+        # differ only on exact score ties.
         assert len(f["detections"]) == len(c["detections"]), (c["frame_index"], c["detections"], f["detections"])
         left = list(f["detections"])
         for dc in c["detections"]:
@@ -125,17 +118,9 @@ def test_fused_pipeline_matches_cpu_pipeline(host_kernels, video, monkeypatch):
                      else np.inf for df in left]
             k = int(np.argmin(diffs))
             df = left.pop(k)
-            if diffs[k] > 0.5:
-                # NMS chose the other of two overlapping anchors whose scores differ by less than
-                # the preprocess tolerance moves them: allowed, and counted (rare).
-                assert abs(dc["confidence"] - df["confidence"]) <= 5e-3 and iou(dc["box"], df["box"]) > 0.45, \
-                    (c["frame_index"], dc, df)
-                swaps += 1
-                continue
-            assert abs(dc["confidence"] - df["confidence"]) <= 0.02
+            assert diffs[k] <= 0.5 and abs(dc["confidence"] - df["confidence"]) <= 1e-3, (c["frame_index"], dc, df)
             worst = max(worst, diffs[k])
         total += len(c["detections"])
     assert total >= len(cpu_records), "the demo model should find the demo objects"
-    assert swaps <= max(1, 0.02 * total), swaps
-    print("fused vs CPU: {} frames, {} detections, {} NMS tie swaps, max box difference otherwise {:.2f} px".format(
-        len(cpu_records), total, swaps, worst))
+    print("fused vs CPU: {} frames, {} detections, max box difference {:.2f} px".format(
+        len(cpu_records), total, worst))

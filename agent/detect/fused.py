@@ -14,8 +14,8 @@ two round trips per frame. The raw output (2.8 MB for an 80-class 640x640 model)
 and the input never do.
 
 Semantics equal the CPU path (``agent.preprocess.Letterbox`` + ``agent.postprocess.
-nms.postprocess`` + ``to_frame``), within the preprocess tolerance (float bilinear
-vs OpenCV's 8-bit rounding, see preprocess.cu) and float32 IoU (nms.cu):
+nms.postprocess`` + ``to_frame``): the letterbox is OpenCV's to the pixel on a downscale
+(one level at most on an upscale; see preprocess.cu), and the IoU is float32 (nms.cu):
 
 * ``classes``: the CPU decoder takes the best class *among the listed ones*, so an
   anchor whose overall best class is filtered out can still pass with a listed one.

@@ -250,6 +250,11 @@ inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+// Round to nearest, ties to even: the default rounding mode, as on the device.
+inline int __float2int_rn(float x) { return (int)std::nearbyint(x); }
 
 inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
 

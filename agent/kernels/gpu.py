@@ -26,6 +26,7 @@ from agent.kernels.runtime import CupyRuntime, GpuRuntime, PycudaRuntime  # noqa
 
 _i32 = np.int32
 _f32 = np.float32
+_f64 = np.float64
 _ptr = np.uintp  # kernel pointer arguments travel as 8-byte integers in both runtimes
 
 
@@ -242,7 +243,7 @@ class GpuPreprocess(object):
         self.rt.launch(self._fn, (grid, 1, 1), (PRE_TPB, 1, 1), (
             _ptr(frame_ptr), _i32(frame_w), _i32(frame_h), _i32(stride), _ptr(self.out_ptr),
             _i32(self.input_w), _i32(self.input_h), _i32(new_w), _i32(new_h), _i32(left), _i32(top),
-            _f32(sx), _f32(sy)))
+            _f64(sx), _f64(sy)))
         return mapping
 
     def __call__(self, frame):

@@ -70,6 +70,8 @@ class HostRuntime(GpuRuntime):
                 want, conv = np.uintp, lambda v: ctypes.c_void_p(int(v))
             elif p.startswith("float"):
                 want, conv = np.float32, lambda v: ctypes.c_float(float(v))
+            elif p.startswith("double"):
+                want, conv = np.float64, lambda v: ctypes.c_double(float(v))
             else:
                 want, conv = np.int32, lambda v: ctypes.c_int(int(v))
             if not isinstance(a, want):
