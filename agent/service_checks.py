@@ -41,11 +41,12 @@ def user_can(user, path, what):
     return subprocess.call(["test", "-" + what, path], preexec_fn=become) == 0
 
 
-def unit_lines(prefix):
-    """The values of ``prefix=`` lines in the installed unit and its drop-ins, in order."""
-    paths = [UNIT_PATH]
-    if os.path.isdir(DROPIN_DIR):
-        paths += [os.path.join(DROPIN_DIR, n) for n in sorted(os.listdir(DROPIN_DIR)) if n.endswith(".conf")]
+def unit_lines(prefix, paths=None):
+    """The values of ``prefix=`` lines in ``paths`` (default: the installed unit and its drop-ins), in order."""
+    if paths is None:
+        paths = [UNIT_PATH]
+        if os.path.isdir(DROPIN_DIR):
+            paths += [os.path.join(DROPIN_DIR, n) for n in sorted(os.listdir(DROPIN_DIR)) if n.endswith(".conf")]
     values = []
     for path in paths:
         try:
@@ -54,6 +55,14 @@ def unit_lines(prefix):
         except OSError:
             pass
     return values
+
+
+def unit_environment(paths=None):
+    """The variables systemd hands the agent: every ``Environment=`` assignment of ``paths``."""
+    env = {}
+    for line in unit_lines("Environment", paths):
+        env.update(a.split("=", 1) for a in shlex.split(line) if "=" in a)
+    return env
 
 
 def _executables(exec_start):
@@ -139,9 +148,7 @@ def run(config_path=None):
     except KeyError:
         return [check("service user", FAIL, "the unit is installed but user {} does not exist".format(USER),
                       "sudo scripts/install.sh", blocking=True)]
-    env = {}
-    for line in unit_lines("Environment"):
-        env.update(a.split("=", 1) for a in shlex.split(line) if "=" in a)
+    env = unit_environment()
     out = [check_environment(env, "the unit's Environment=")]
     starts = [l for l in unit_lines("ExecStart") if l]
     if starts:

@@ -1,12 +1,12 @@
 """Config loading: defaults run the demo, errors name the key, overrides layer."""
 
 import os
-import shlex
 
 import pytest
 
 from agent.config import ENVIRONMENT, is_config_variable, load_config
 from agent.errors import EXIT_CONFIG, ConfigError
+from agent.service_checks import unit_environment
 from conftest import ROOT
 
 
@@ -74,19 +74,6 @@ def test_missing_config_file_names_it(tmp_path):
 # --- environment variables: one table, no collisions -------------------------------------------
 
 UNIT_FILES = [os.path.join(ROOT, "systemd", name) for name in ("edge-agent.service", "jetson.conf")]
-
-
-def unit_environment(paths):
-    """The variables systemd hands the agent: every ``Environment=`` line of ``paths``."""
-    env = {}
-    for path in paths:
-        with open(path) as f:
-            for line in f:
-                if line.startswith("Environment="):
-                    for assignment in shlex.split(line.strip()[len("Environment="):]):
-                        name, value = assignment.split("=", 1)
-                        env[name] = value
-    return env
 
 
 @pytest.mark.parametrize("paths", [UNIT_FILES[:1], UNIT_FILES], ids=["unit", "unit+jetson"])
