@@ -93,7 +93,8 @@ def table_rows(report):
         rows.append(("FPS, {} stream{}".format(n, "s" if n > 1 else ""),
                      [_fmt(lookup(e, "throughput", n, "fps"), ".1f") for e in entries]))
     rows += [
-        ("bare FPS", [_fmt(lookup(e, "baseline", "fps"), ".1f") for e in entries]),
+        ("bare FPS (best setting)", [_fmt(lookup(e, "baseline", "fps"), ".1f") for e in entries]),
+        ("  bare setting", [lookup(e, "baseline", "setting") or "-" for e in entries]),
         ("FPS / bare FPS", [_fmt(lookup(e, "overhead", "fps_ratio"), ".2f") for e in entries]),
         ("e2e MQTT p50 ms", [_fmt(lookup(e, "e2e", "latency_ms", "p50"), ".1f") for e in entries]),
         ("params (M)", [_fmt(None if lookup(e, "model", "params") is None else lookup(e, "model", "params") / 1e6, ".3f")

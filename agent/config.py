@@ -86,6 +86,7 @@ FPS = (lambda v: v == 0 or 0.01 <= v <= 1000, "0 (the source's own) or in [0.01,
 # 58 MB/s and never finished loading. More than a few threads per core only adds contention.
 MAX_THREADS = (os.cpu_count() or 1) * 4
 THREADS = (lambda v: 0 <= v <= MAX_THREADS, "in [0, {}] (4 per core)".format(MAX_THREADS))
+IN_FLIGHT = (lambda v: 0 <= v <= 16, "in [0, 16] (0: 2 on two or more cores)")
 # The MQTT keepalive is a 16-bit field of CONNECT: paho's thread dies (struct.error) beyond it.
 KEEPALIVE = (lambda v: 1 <= v <= 65535, "in [1, 65535] (16 bits in MQTT's CONNECT)")
 
@@ -140,8 +141,9 @@ class DetectionConfig:
 
 @dataclass(frozen=True)
 class OnnxRuntimeConfig:
-    threads: int = _opt(0, THREADS)  # 0: one per core but one (capture needs it), at most 4
-    allow_spinning: bool = False  # spinning makes 2 threads slower than 1 on a loaded 2-core box
+    threads: int = _opt(0, THREADS)  # intra-op threads of a frame alone; 0: ONNX Runtime's default (one per core)
+    allow_spinning: bool = True  # spin during a run (never after it): ORT's default, the fastest alone
+    frames_in_flight: int = _opt(0, IN_FLIGHT)  # 0: 2 on 2+ cores (one single-threaded run per core)
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,23 @@ the Detector's stages, whichever detector it is (agent.detect.base):
   detector letterboxes there), then queues the FrameJob (live sources: a full queue
   drops its oldest frame, so inference always gets the freshest; files: wait);
 - one inference thread owns the detector (and so the backend and CUDA context): it
-  opens, runs ``infer`` on, swaps and closes it;
+  opens, runs ``infer`` on, swaps and closes it; a detector with ``concurrency`` > 1
+  (the CPU one: two frames in flight on two cores) gets that many inference threads,
+  each taking the next frame, told whether others are inferring beside it (alone, a
+  frame gets every core; side by side, one core each);
 - one output thread calls ``finish`` (the CPU detector decodes and runs NMS there,
-  overlapping the next inference), builds records and hands them to the sinks.
+  overlapping the next inference), builds records and hands them to the sinks in the
+  order the frames were taken (a ticket per frame; a faster inference waits for its
+  predecessor).
 A job's prepared input goes back to its detector through ``FrameJob.release`` once
 ``infer`` is done with it or the frame is dropped.
+
+The module is longer than most because every thread of the frame path and their life
+cycle (start, reload, model swap, stop, liveness) live here together: how they hand
+frames to each other is the part that must be read in one place.
 """
 
+import contextlib
 import logging
 import queue
 import threading
@@ -77,9 +87,15 @@ class Pipeline(object):
         self._processed = 0
         self._state = "created"
         self._threads = []
+        self._helpers = []  # inference threads besides the first
         self._done = threading.Event()
         self._go = threading.Event()
         self._rr = 0  # the camera the inference thread looks at first next time
+        self._take = threading.Lock()  # one inference thread at a time picks the next frame
+        self._tickets = 0  # frames taken so far: the output thread emits in this order
+        self._gate = _Gate()  # inference threads share the detector; a swap takes it alone
+        self._inflight = 0  # inferences running now
+        self._count = threading.Lock()  # guards _inflight (never held while waiting)
         self._beats = {}  # thread name -> monotonic time it last went round its loop (liveness)
 
     # --- life cycle ------------------------------------------------------------------------
@@ -98,7 +114,7 @@ class Pipeline(object):
                 return
             loaded.set()
             self._go.wait()  # the cameras are open (or start failed and stop() was called)
-            self._infer_loop()
+            self._infer_loop("infer")
 
         self._state = "starting"
         infer = threading.Thread(target=infer_main, name="infer", daemon=True)
@@ -114,7 +130,12 @@ class Pipeline(object):
             self.stop()
             raise
         output = threading.Thread(target=self._output_loop, name="output", daemon=True)
-        self._threads = [infer, output]
+        self._helpers = [threading.Thread(target=self._infer_loop, args=("infer-{}".format(k + 2),),
+                                          name="infer-{}".format(k + 2), daemon=True)
+                         for k in range(self._detector.concurrency - 1)]
+        self._threads = [infer, output] + self._helpers
+        for t in self._helpers:
+            t.start()
         for camera in self.cameras:
             self._start_feeder(camera)
         output.start()
@@ -288,7 +309,7 @@ class Pipeline(object):
         with self._ready:
             self._ready.notify()
 
-    def _next_item(self):
+    def _next_item(self, name):
         """Round-robin over cameras; returns (camera, item) or None when all have ended."""
         start = self._rr
         while True:
@@ -310,37 +331,84 @@ class Pipeline(object):
             else:
                 if self._stop.is_set() and all(c.queue.empty() for c in cams):
                     return None
-                self._beat("infer")
+                self._beat(name)
                 with self._ready:
                     self._ready.wait(0.05)
 
-    def _infer_loop(self):
+    def _take_job(self, name, index):
+        """The next frame for inference thread ``name`` (the ``index``-th): (camera, job, parallel),
+        None once every camera has ended, or False when the first thread has a swap to do first.
+        ``parallel``: other frames are inferred meanwhile."""
+        while True:
+            self._beat(name)
+            if index == 0 and self._swap is not None:
+                return False
+            if index and index >= self._detector.concurrency:  # a detector that runs one frame at a time
+                if self._stop.is_set() or self._done_feeding():
+                    return None
+                time.sleep(0.1)
+                continue
+            if not self._take.acquire(timeout=0.25):  # another thread is waiting for a frame
+                continue
+            try:
+                got = self._next_item(name)
+                if got is None:
+                    return None
+                got[1].ticket = self._tickets
+                self._tickets += 1
+                with self._count:
+                    self._inflight += 1
+                    others = self._inflight > 1
+                waiting = any(not c.queue.empty() for c in self.cameras)
+                return got[0], got[1], others or (waiting and self._detector.concurrency > 1)
+            finally:
+                self._take.release()
+
+    def _done_feeding(self):
+        return all(c.ended.is_set() for c in self.cameras) and not self._swap
+
+    def _infer_loop(self, name):
+        index = 0 if name == "infer" else int(name.split("-")[1]) - 1
         try:
             while True:
-                self._beat("infer")
-                if self._swap is not None:
-                    self._do_swap()
-                got = self._next_item()
+                self._beat(name)
+                if index == 0 and self._swap is not None:
+                    with self._gate.alone():
+                        self._do_swap()
+                got = self._take_job(name, index)
                 if got is None:
                     break
-                camera, job = got
-                detector = self._detector
+                if got is False:
+                    continue
+                camera, job, parallel = got
                 try:
-                    if job.detector is not detector:  # prepared for the detector we just swapped out
-                        camera.dropped += 1
-                        continue
-                    job.pending = detector.infer(job.frame.image, job.prepared)
+                    with self._gate.shared():
+                        detector = self._detector
+                        if job.detector is not detector:  # prepared for the detector we just swapped out
+                            camera.dropped += 1
+                        elif detector.concurrency > 1:
+                            job.pending = detector.infer(job.frame.image, job.prepared, parallel)
+                        else:
+                            job.pending = detector.infer(job.frame.image, job.prepared)
                 finally:
+                    with self._count:
+                        self._inflight -= 1
                     job.release()
-                self._out.put(job)
+                    self._out.put(job)  # also unfinished: the output thread must see every ticket
         except Exception:
-            log.exception("inference thread failed")
+            log.exception("inference thread %s failed", name)
             self._state = "failed"
+            self._stop.set()
         finally:
-            # The thread that created the backend frees it (CUDA contexts are per thread).
-            if self._detector is not None:
-                self._detector.close()
-            self._out.put(_END)
+            if index:
+                self._beats.pop(name, None)  # an idle helper is not a hung thread
+            else:
+                for t in self._helpers:
+                    t.join()
+                # The thread that created the backend frees it (CUDA contexts are per thread).
+                if self._detector is not None:
+                    self._detector.close()
+                self._out.put(_END)
 
     def _do_swap(self):
         config, self._swap = self._swap, None
@@ -356,6 +424,7 @@ class Pipeline(object):
         log.info("switched to size %s (%s)", size, new.engine_id)
 
     def _output_loop(self):
+        waiting, following = {}, 0  # jobs inferred out of turn, by ticket; the ticket due next
         try:
             while True:
                 self._beat("output")
@@ -365,26 +434,74 @@ class Pipeline(object):
                     continue
                 if got is _END:
                     break
-                camera, frame, detector = got.camera, got.frame, got.detector
-                got.detections = found = detector.finish(got.pending)
-                got.pending = None
-                t_post = now()
-                times = {"capture": max(0.0, (got.t_start - frame.monotonic) * 1000.0)}
-                times.update(found.times)
-                t = now()
-                times["publish"] = (t - t_post) * 1000.0
-                times["total"] = (t - frame.monotonic) * 1000.0
-                record = make_record(self.config.device_id, camera.id, self._seq.next(camera.id), frame,
-                                     detector.size, detector.labels, found.boxes, found.scores, found.class_ids,
-                                     times)
-                camera.stats.add(times, t)
-                for sink in self.sinks:
-                    try:
-                        sink.emit(record, frame.image)
-                    except Exception:
-                        log.exception("sink %s failed", type(sink).__name__)
-                self._processed += 1  # only this thread writes it
+                waiting[got.ticket] = got
+                while following in waiting:
+                    job = waiting.pop(following)
+                    following += 1
+                    if job.pending is not None:
+                        self._emit(job)
         finally:
             if self._state == "running":
                 self._state = "finished"
             self._done.set()
+
+    def _emit(self, got):
+        """Finish one inferred job and hand its record to the sinks (output thread)."""
+        camera, frame, detector = got.camera, got.frame, got.detector
+        got.detections = found = detector.finish(got.pending)
+        got.pending = None
+        t_post = now()
+        times = {"capture": max(0.0, (got.t_start - frame.monotonic) * 1000.0)}
+        times.update(found.times)
+        t = now()
+        times["publish"] = (t - t_post) * 1000.0
+        times["total"] = (t - frame.monotonic) * 1000.0
+        record = make_record(self.config.device_id, camera.id, self._seq.next(camera.id), frame,
+                             detector.size, detector.labels, found.boxes, found.scores, found.class_ids,
+                             times)
+        camera.stats.add(times, t)
+        for sink in self.sinks:
+            try:
+                sink.emit(record, frame.image)
+            except Exception:
+                log.exception("sink %s failed", type(sink).__name__)
+        self._processed += 1  # only this thread writes it
+
+
+class _Gate(object):
+    """Many holders at once (inference threads using the detector), or one alone (a swap); one
+    waiting to be alone goes first, else back-to-back inferences would starve it."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._holders = 0
+        self._alone = False
+        self._wanted = 0
+
+    @contextlib.contextmanager
+    def shared(self):
+        with self._cond:
+            while self._alone or self._wanted:
+                self._cond.wait()
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._holders -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def alone(self):
+        with self._cond:
+            self._wanted += 1
+            while self._alone or self._holders:
+                self._cond.wait()
+            self._wanted -= 1
+            self._alone = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._alone = False
+                self._cond.notify_all()

@@ -1,19 +1,31 @@
-"""Pipeline benchmarks of issue 3, measured side by side in one run (by hand, not in tests).
+"""The CPU pipeline against the best bare ONNX Runtime loop, side by side in one run (by hand).
 
-    python benchmarks/bench_pipeline.py [--size fast] [--frames 300] [--threads 0]
+    python benchmarks/bench_pipeline.py                       # demo models, 720p demo video
+    python benchmarks/bench_pipeline.py --model /path/yolov8n.onnx --model /path/yolo11n.onnx
+    python benchmarks/bench_pipeline.py --scaling             # + the cameras/resolution/objects table
 
-Prints:
-- letterbox + normalize of a 1080p frame into the input buffer (ms; target <= 2 ms here),
-  beside a naive version that allocates per frame (cv2.resize + np.pad-like copy + astype);
-- pipelined throughput of the agent (a real Pipeline over a video file, as fast as
-  possible) against a bare ``session.run`` loop on the same model and threads
-  (ratio; target >= 0.9), both after warm-up.
+For each model, all in one process, one after the other:
+- **bare**: ``session.run`` on one preprocessed frame in a loop, for every ONNX Runtime
+  thread setting (its default, then 1..cores intra-op threads with spinning on and off);
+  the best is the baseline (its setting is printed);
+- **bound**: what two cores can do at most for the agent, which must also decode the
+  video, letterbox and post-process each frame: ``cores / (1-thread infer + decode +
+  preprocess + postprocess)``, each the CPU time of one frame on one thread;
+- **agent**: the real Pipeline with the default config on the demo video (1280x720,
+  unpaced), FPS after warm-up, as a ratio to the best bare FPS and as a share of the bound;
+- **latency**: the Pipeline on the same video paced at 30 fps: p50 capture-to-sink
+  against the best bare ``session.run`` p50;
+- ``--scaling``: pipeline FPS and CPU time per frame with 1, 2 and 4 cameras, at 720p
+  and 1080p, with 10 and 300 objects in the scene (videos rendered by
+  scripts/make_video.py into a temp dir), each as a ratio to the bare model.
 """
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 
 import cv2
@@ -21,102 +33,175 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
-from agent.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from agent.config import load_config  # noqa: E402
+from agent.detect import open_detector  # noqa: E402
+from agent.measure import bare_session, bare_settings  # noqa: E402
 from agent.pipeline import Pipeline  # noqa: E402
-from agent.preprocess import Letterbox  # noqa: E402
 from agent.publish.base import Sink  # noqa: E402
 
-
-def median_ms(fn, repeat=200, warmup=20):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times)
+CORES = os.cpu_count() or 1
 
 
-def bench_letterbox(input_size):
-    frame = np.random.default_rng(0).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
-    lb = Letterbox(input_size, input_size)
-
-    def naive():
-        r = min(input_size / 1920.0, input_size / 1080.0)
-        nw, nh = int(round(1920 * r)), int(round(1080 * r))
-        img = cv2.resize(frame, (nw, nh))
-        canvas = np.full((input_size, input_size, 3), 114, np.uint8)
-        py, px = (input_size - nh) // 2, (input_size - nw) // 2
-        canvas[py:py + nh, px:px + nw] = img
-        return (canvas[:, :, ::-1].transpose(2, 0, 1)[None].astype(np.float32) / 255.0).copy()
-
-    ours = median_ms(lambda: lb.run(frame))
-    base = median_ms(naive)
-    print("letterbox+normalize 1080p -> {0}x{0}: ours {1:.2f} ms, naive {2:.2f} ms, ratio {3:.2f}x "
-          "(target <= 2 ms: {4})".format(input_size, ours, base, base / ours, "met" if ours <= 2.0 else "NOT met"))
-
-
-class NullSink(Sink):
+class CountSink(Sink):
     def __init__(self):
-        self.count = 0
+        self.totals = []
 
     def emit(self, record, image=None):
-        self.count += 1
+        self.totals.append(record["timing_ms"]["total"])
 
 
-def bench_throughput(size, frames, threads):
-    config = load_config(overrides={"size": size, "onnxruntime": {"threads": threads}}, environ={})
-    model = config.sizes[size].onnx
-    backend = OnnxRuntimeBackend(model, config.onnxruntime)
-    w, h = backend.input_size
-    blob = np.random.default_rng(1).random((1, 3, h, w), dtype=np.float32)
-    for _ in range(10):
-        backend.infer(blob)
-    t0 = time.perf_counter()
-    for _ in range(frames):
-        backend.infer(blob)
-    bare_fps = frames / (time.perf_counter() - t0)
-    backend.close()
+def config_for(model, cameras, frames=0):
+    return load_config(overrides={"size": "fast", "sizes": {"fast": {"onnx": model}}, "output": {"jsonl": None},
+                                  "max_frames": frames, "cameras": cameras}, environ={})
 
-    # Camera-like content: the demo video (noise frames would make decoding, not the agent, the bottleneck).
-    video = os.path.join(ROOT, "data", "demo", "demo.mp4")
-    if not os.path.isfile(video):
-        sys.exit("{} is missing: run scripts/setup.sh".format(video))
-    config = load_config(overrides={
-        "size": size, "onnxruntime": {"threads": threads}, "output": {"jsonl": None}, "max_frames": frames + 10,
-        "cameras": [{"id": "bench", "source": video, "realtime": False, "loop": True}]}, environ={})
-    sink = NullSink()
-    pipeline = Pipeline(config, [sink])
+
+def first_frame(video):
+    cap = cv2.VideoCapture(video)
+    ok, frame = cap.read()
+    cap.release()
+    return frame
+
+
+def bare(model, blob, seconds):
+    """The plain session.run loop under every thread setting; [(label, fps, p50 ms, cpu ms/frame)]."""
+    out = []
+    for label, threads, spinning in bare_settings():
+        session = bare_session(model, threads, spinning)
+        name = session.get_inputs()[0].name
+        for _ in range(5):
+            session.run(None, {name: blob})
+        times, c0, t0 = [], time.process_time(), time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            t = time.perf_counter()
+            session.run(None, {name: blob})
+            times.append(time.perf_counter() - t)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        out.append((label, len(times) / wall, 1e3 * statistics.median(times), 1e3 * cpu / len(times)))
+    return out
+
+
+def cpu_ms(fn, n):
+    """CPU time of one call of ``fn`` in this process (all its threads: FFmpeg decodes on its
+    own), mean of ``n`` calls (ms); nothing else runs meanwhile."""
+    c = time.process_time()
+    for _ in range(n):
+        fn()
+    return 1e3 * (time.process_time() - c) / n
+
+
+def bound(model, video, frames, bare_1thread_cpu):
+    """Per-frame CPU costs of the agent's stages on one thread, and the bound they set."""
+    config = config_for(model, [{"id": "b", "source": video}])
+    detector = open_detector(config, "fast")
+    cap = cv2.VideoCapture(video)
+    decode = cpu_ms(lambda: cap.read(), frames)
+    cap.release()
+    image = first_frame(video)
+    prep = detector.prepare(image)
+    pending = detector.infer(image, prep)
+    pre = cpu_ms(lambda: detector.release(detector.prepare(image)), frames)
+    post = cpu_ms(lambda: detector.finish(pending), frames)
+    detector.release(prep)
+    detector.close()
+    per_frame = bare_1thread_cpu + decode + pre + post
+    return {"decode": decode, "preprocess": pre, "postprocess": post, "infer": bare_1thread_cpu,
+            "fps": 1e3 * CORES / per_frame}
+
+
+def agent(model, videos, frames, warmup=20, fps=0.0):
+    """Run the Pipeline (default config) on ``videos`` (one camera each); FPS, CPU ms/frame, totals."""
+    cams = [{"id": "cam{}".format(i), "source": v, "loop": True, "realtime": fps > 0, "fps": fps}
+            for i, v in enumerate(videos)]
+    sink = CountSink()
+    pipeline = Pipeline(config_for(model, cams, frames + warmup), [sink])
     pipeline.start()
-    while sink.count < 10:  # warm-up, excluded
-        time.sleep(0.001)
-    start_count, t0 = sink.count, time.perf_counter()
-    pipeline.wait(600)
-    agent_fps = (sink.count - start_count) / (time.perf_counter() - t0)
-    summary = pipeline.timing_summaries()["bench"]
-    pipeline.stop()
-    ratio = agent_fps / bare_fps
-    stages = summary["stages"]
-    print("throughput {} ({} threads, {} frames of the 1280x720 demo video): agent {:.1f} FPS, bare session.run {:.1f} FPS, "
-          "ratio {:.2f} (target >= 0.9: {})".format(size, threads or "auto", frames, agent_fps, bare_fps, ratio,
-                                                    "met" if ratio >= 0.9 else "NOT met"))
-    print("  agent p50 ms: " + ", ".join("{} {:.2f}".format(s, stages[s]["p50"]) for s in
-                                        ("preprocess", "infer", "postprocess", "publish")))
+    try:
+        while len(sink.totals) < warmup * len(videos):
+            time.sleep(0.001)
+        n0, c0, t0 = len(sink.totals), time.process_time(), time.perf_counter()
+        pipeline.wait(900)
+        n, wall, cpu = len(sink.totals) - n0, time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        pipeline.stop()
+    return n / wall, 1e3 * cpu / max(1, n), sink.totals[n0:]
+
+
+def one_model(model, video, args):
+    name = os.path.basename(model)
+    image = first_frame(video)
+    detector = open_detector(config_for(model, [{"id": "b", "source": video}]), "fast")
+    blob = detector.prepare(image).blob.copy()
+    detector.close()
+    runs = bare(model, blob, args.bare_seconds)
+    best = max(runs, key=lambda r: r[1])
+    one = [r for r in runs if r[0].startswith("1 thread,")]
+    b = bound(model, video, 60, min(r[3] for r in one))
+    fps, cpu, _ = agent(model, [video], args.frames)
+    _, _, totals = agent(model, [video], max(60, args.frames // 4), fps=30.0)
+    lat = statistics.median(totals)
+    print("\n## {} (input {}x{}), {} cores, 1280x720 demo video".format(name, blob.shape[3], blob.shape[2], CORES))
+    print("| bare session.run | FPS | p50 ms | CPU ms/frame |\n|---|---|---|---|")
+    for label, f, p50, c in runs:
+        print("| {}{} | {:.1f} | {:.2f} | {:.2f} |".format(label, " (best)" if label == best[0] else "", f, p50, c))
+    print("bound: {} x 1000 / ({:.2f} infer 1-thread + {:.2f} decode + {:.2f} preprocess + {:.2f} postprocess ms)"
+          " = {:.1f} FPS = {:.2f}x best bare".format(CORES, b["infer"], b["decode"], b["preprocess"],
+                                                    b["postprocess"], b["fps"], b["fps"] / best[1]))
+    print("agent (defaults, unpaced): {:.1f} FPS = **{:.2f}x** best bare ({}), {:.0f}% of the bound; "
+          "{:.2f} CPU ms/frame".format(fps, fps / best[1], best[0], 100 * fps / b["fps"], cpu))
+    print("latency at 30 fps: p50 capture->sink {:.2f} ms; best bare p50 {:.2f} ms; difference {:+.2f} ms "
+          "(p95 {:.2f} ms)".format(lat, best[2], lat - best[2], float(np.percentile(totals, 95))))
+    return best
+
+
+def scaling(model, args):
+    from make_video import make_video
+
+    tmp = tempfile.mkdtemp(prefix="edge-agent-scaling-")
+    try:
+        best = None
+        print("\n## scaling: {} (default config, unpaced, loops)".format(os.path.basename(model)))
+        print("| video | objects | cameras | FPS (all cameras) | FPS / bare | CPU ms/frame | CPU / bare |")
+        print("|---|---|---|---|---|---|---|")
+        for w, h in ((1280, 720), (1920, 1080)):
+            for objects in (10, 300):
+                video, _, _ = make_video(os.path.join(tmp, "v{}x{}-{}.mp4".format(w, h, objects)), seed=1,
+                                         seconds=4.0, width=w, height=h, objects=objects)
+                video = str(video)
+                if best is None:
+                    detector = open_detector(config_for(model, [{"id": "b", "source": video}]), "fast")
+                    blob = detector.prepare(first_frame(video)).blob.copy()
+                    detector.close()
+                    best = max(bare(model, blob, args.bare_seconds), key=lambda r: r[1])
+                for cams in (1, 2, 4):
+                    fps, cpu, _ = agent(model, [video] * cams, args.frames // cams)
+                    print("| {}p | {} | {} | {:.1f} | {:.2f} | {:.2f} | {:.2f} |".format(
+                        h, objects, cams, fps, fps / best[1], cpu, cpu / best[3]))
+        print("bare: {} at {:.1f} FPS, {:.2f} CPU ms/frame".format(best[0], best[1], best[3]))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", action="append", help="model size(s) (default: fast and accurate)")
-    parser.add_argument("--frames", type=int, default=300)
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: auto)")
+    parser.add_argument("--model", action="append", help="ONNX model(s) (default: the demo fast and accurate)")
+    parser.add_argument("--video", default=os.path.join(ROOT, "data", "demo", "demo.mp4"))
+    parser.add_argument("--frames", type=int, default=400, help="timed frames per agent run")
+    parser.add_argument("--bare-seconds", type=float, default=4.0, help="seconds per bare setting")
+    parser.add_argument("--scaling", action="store_true", help="also the cameras/resolution/objects table")
     args = parser.parse_args()
-    bench_letterbox(640)
-    bench_letterbox(320)
-    for size in args.size or ["fast", "accurate"]:
-        bench_throughput(size, args.frames, args.threads)
+    if not os.path.isfile(args.video):
+        sys.exit("{} is missing: run scripts/setup.sh".format(args.video))
+    import onnxruntime as ort
+
+    print("onnxruntime {}, OpenCV {}, numpy {}, {} cores".format(ort.__version__, cv2.__version__, np.__version__,
+                                                                 CORES))
+    models = args.model or [os.path.join(ROOT, "models", "demo-{}.onnx".format(s)) for s in ("fast", "accurate")]
+    for model in models:
+        one_model(model, args.video, args)
+    if args.scaling:
+        scaling(models[0], args)
 
 
 if __name__ == "__main__":

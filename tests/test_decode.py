@@ -182,3 +182,26 @@ def test_real_onnx_model_through_onnxruntime(tmp_path):
     boxes, scores, cls = dec.decode(result, 0.25, 100)
     np.testing.assert_allclose(boxes, BOXES_XYXY[:2])
     assert cls.tolist() == [2, 1]
+
+
+@pytest.mark.parametrize("conf", [0.001, 0.25, 0.999])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_yolov8_fast_path_equals_the_reference(conf, dtype):
+    """Both class searches (few candidates: their columns; many: the first row equal to the
+    max) keep exactly what the plain numpy decode keeps, ties between classes included."""
+    from agent.postprocess.decode import decode_v8_reference
+
+    rng = np.random.default_rng(int(conf * 1000))
+    n, nc = 8400, 80
+    out = np.empty((1, 4 + nc, n), dtype)
+    out[0, :4] = rng.uniform(0, 640, (4, n))
+    scores = rng.uniform(0, 1, (nc, n)) ** 8  # mostly small, a few hot
+    scores[:, ::97] = scores[0, ::97]  # every class tied on some anchors: the lowest id wins
+    out[0, 4:] = scores
+    dec = make_decoder([TensorSpec("output0", [1, 4 + nc, n], "float32")])
+    for top_k in (None, 300):
+        got = dec.decode({"output0": out}, conf, top_k)
+        want = decode_v8_reference(out, conf, top_k)
+        assert len(want[1]) > 0
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)

@@ -13,9 +13,15 @@ SIZES = (0, 1, 2, 63, 64, 65, 200)
 NMS_MODULE = __import__("agent.postprocess.nms", fromlist=["nms"])
 
 
-@pytest.fixture(autouse=True, params=["auto", "batched", "sweep"])
+@pytest.fixture(autouse=True, params=["auto", "opencv", "batched", "sweep"])
 def strategy(request, monkeypatch):
     """Every test runs with the automatic choice and with each exact strategy forced."""
+    if request.param == "opencv":
+        if NMS_MODULE._NMS_BOXES is None:
+            pytest.skip("OpenCV {} < 4.7: the numpy strategies only".format(cv2.__version__))
+        monkeypatch.setattr(NMS_MODULE, "_SMALL", float("inf"))
+    else:
+        monkeypatch.setattr(NMS_MODULE, "_NMS_BOXES", None if request.param != "auto" else NMS_MODULE._NMS_BOXES)
     if request.param == "batched":  # never the sweep: no density switch, no hand-over
         monkeypatch.setattr(NMS_MODULE, "_DENSE", -1)
         monkeypatch.setattr(NMS_MODULE, "_SPARSE", 0.0)

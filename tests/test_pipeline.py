@@ -128,3 +128,84 @@ def test_reload_switches_size_without_stopping(small_video):
     assert sizes[0] == "fast" and sizes[-1] == "accurate"
     seqs = [r["seq"] for r in sink.records]
     assert seqs == list(range(1, len(seqs) + 1))  # the camera never restarted
+
+
+def _watching(calls, delay=None):
+    """A detector factory recording (thread, parallel, frame index) of every infer call;
+    ``delay(frame index)`` seconds are slept first, to make inferences finish out of order."""
+    import threading
+    import time
+
+    from agent.detect import open_detector
+
+    def factory(config, size):
+        detector = open_detector(config, size)
+        infer = detector.infer
+
+        def watched(image, prepared, parallel=False):
+            index = int(round(image[0, 0, 0] / 5.0))  # frames carry their index in the corner (below)
+            calls.append((threading.current_thread().name, parallel, index))
+            if delay:
+                time.sleep(delay(index))
+            return infer(image, prepared, parallel)
+
+        detector.infer = watched
+        return detector
+
+    return factory
+
+
+def _indexed_video(tmp_path, frames=40):
+    path = str(tmp_path / "indexed.avi")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 30, (160, 120))
+    for i in range(frames):
+        img = np.zeros((120, 160, 3), np.uint8)
+        img[:8, :8] = i * 5  # survives MJPG within a few levels: index = round(pixel / 5)
+        writer.write(img)
+    writer.release()
+    return path
+
+
+def test_two_frames_in_flight_side_by_side_and_records_in_frame_order(tmp_path):
+    """Unpaced: two inference threads each take the next frame and run it single-threaded
+    beside the other; one that finishes first still waits for its predecessor's record."""
+    calls = []
+    video = _indexed_video(tmp_path)
+    config = make_config(video, onnxruntime={"frames_in_flight": 2})
+    sink = ListSink()
+    # Even frames take longer: without the reorder buffer, odd ones would overtake them.
+    p = Pipeline(config, [sink], detector_factory=_watching(calls, lambda i: 0.03 if i % 2 == 0 else 0.0))
+    p.start()
+    assert p.wait(60)
+    p.stop()
+    assert [r["frame_index"] for r in sink.records] == list(range(40))
+    assert [r["seq"] for r in sink.records] == list(range(1, 41))
+    threads = {name for name, _, _ in calls}
+    assert threads == {"infer", "infer-2"}
+    assert sum(parallel for _, parallel, _ in calls) >= 30  # a queue always waiting: side by side
+
+
+def test_a_paced_frame_runs_alone(tmp_path):
+    """At a pace the model keeps up with, each frame is inferred alone (every core on it)."""
+    calls = []
+    video = _indexed_video(tmp_path, frames=12)
+    config = make_config(video, onnxruntime={"frames_in_flight": 2},
+                         cameras=[{"id": "cam0", "source": video, "realtime": True, "fps": 10}])
+    p = Pipeline(config, [ListSink()], detector_factory=_watching(calls))
+    p.start()
+    assert p.wait(60)
+    p.stop()
+    assert len(calls) == 12 and not any(parallel for _, parallel, _ in calls[1:])
+
+
+def test_one_frame_in_flight_is_one_inference_thread(tmp_path):
+    calls = []
+    video = _indexed_video(tmp_path, frames=10)
+    config = make_config(video, onnxruntime={"frames_in_flight": 1})
+    sink = ListSink()
+    p = Pipeline(config, [sink], detector_factory=_watching(calls))
+    p.start()
+    assert p.wait(60)
+    p.stop()
+    assert {name for name, _, _ in calls} == {"infer"} and not any(parallel for _, parallel, _ in calls)
+    assert [r["frame_index"] for r in sink.records] == list(range(10))

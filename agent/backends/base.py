@@ -1,8 +1,9 @@
 """The inference-backend interface (the registry of backends is the package: agent.backends).
 
 A backend owns one model (an ONNX file for onnxruntime, a verified engine for
-tensorrt). It is created, used and closed on one thread: the pipeline's
-inference thread. ``infer`` takes the preprocessed NCHW float32 batch and returns
+tensorrt). It is created and closed on one thread, the pipeline's first inference
+thread; a backend with ``concurrency`` > 1 also lets that many threads call ``infer``
+at once. ``infer`` takes the preprocessed NCHW float32 batch and returns
 the raw model outputs by name, in the model's own layout; decoding is the
 post-processor's job.
 """
@@ -18,6 +19,7 @@ class Backend(object):
     """One loaded model; see the module docstring for the threading rule."""
 
     name = ""
+    concurrency = 1  # how many ``infer`` calls may run at once (from different threads)
 
     def __init__(self):
         self.inputs = []  # [TensorSpec]; one image input, NCHW
@@ -30,8 +32,11 @@ class Backend(object):
         shape = self.inputs[0].shape
         return int(shape[3]), int(shape[2])
 
-    def infer(self, blob):
-        """Run the model on ``blob`` (1x3xHxW float32); return {output name: ndarray}."""
+    def infer(self, blob, parallel=False):
+        """Run the model on ``blob`` (1x3xHxW float32); return {output name: ndarray}.
+
+        ``parallel``: other ``infer`` calls run at the same time (only when ``concurrency`` > 1).
+        """
         raise NotImplementedError
 
     def device_engine(self):

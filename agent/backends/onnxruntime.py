@@ -11,14 +11,10 @@ from .base import Backend, TensorSpec
 log = logging.getLogger("edge_agent.backends")
 
 
-def default_threads():
-    """One intra-op thread per core but one, at most 4.
-
-    The spare core runs capture, decoding, preprocessing and publishing, which then
-    overlap with inference instead of preempting one of its threads (an intra-op
-    thread that is descheduled stalls the whole operator).
-    """
-    return max(1, min(4, (os.cpu_count() or 1) - 1))
+def default_frames_in_flight():
+    """Frames inferred at once: two on two or more cores (agent.pipeline runs one inference
+    thread per frame in flight)."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
 def _dtype(type_name):
@@ -32,30 +28,30 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, model_path, config=None):
-        """Load ``model_path``; ``config`` is an OnnxRuntimeConfig. Raises ModelError."""
+        """Load ``model_path``; ``config`` is an OnnxRuntimeConfig. Raises ModelError.
+
+        Two sessions of the model, each the fastest for one load (measured on a 2-core box:
+        benchmarks/README.md): a *wide* one with ``threads`` intra-op threads (0: ONNX
+        Runtime's default, one per core) for a frame alone, the latency case, and, with
+        ``frames_in_flight`` > 1, a *narrow* single-threaded one that several inference
+        threads call at once (ONNX Runtime's ``run`` is thread-safe), one frame per core,
+        the throughput case: single-threaded runs do not wait on each other's operators,
+        so two of them get more out of two cores than one run on both.
+        """
         super(OnnxRuntimeBackend, self).__init__()
         try:
             import onnxruntime as ort
         except ImportError as e:
             raise BackendUnavailable("backend onnxruntime: not installed ({}); pip install onnxruntime".format(e))
-        threads = getattr(config, "threads", 0) or default_threads()
-        spinning = bool(getattr(config, "allow_spinning", False))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # A spinning pool steals the core the capture thread needs on a 2-core box.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        opts.log_severity_level = 3
         if not os.path.isfile(model_path):
             raise ModelError("{}: model file not found".format(model_path))
-        try:
-            self.session = ort.InferenceSession(model_path, sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelError("{}: cannot load model: {}".format(model_path, first[:300]))
+        threads = getattr(config, "threads", 0)
+        spinning = bool(getattr(config, "allow_spinning", True))
+        self.concurrency = getattr(config, "frames_in_flight", 0) or default_frames_in_flight()
+        self.session = self._session(ort, model_path, threads, spinning)
+        self._narrow = self._session(ort, model_path, 1, False) if self.concurrency > 1 else self.session
         self.model_path = model_path
-        self.threads = threads
+        self.threads = threads or (os.cpu_count() or 1)
         self.inputs = [TensorSpec(i.name, tuple(i.shape), _dtype(i.type)) for i in self.session.get_inputs()]
         self.outputs = [TensorSpec(o.name, tuple(o.shape), _dtype(o.type)) for o in self.session.get_outputs()]
         if len(self.inputs) != 1 or len(self.inputs[0].shape) != 4:
@@ -71,15 +67,33 @@ class OnnxRuntimeBackend(Backend):
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self._input_name = self.inputs[0].name
         self._output_names = [o.name for o in self.outputs]
-        log.info("loaded %s with onnxruntime %s (%d threads, spinning %s)", model_path, ort.__version__,
-                 threads, "on" if spinning else "off")
+        log.info("loaded %s with onnxruntime %s (%s intra-op threads, spinning %s; %d frame(s) in flight)",
+                 model_path, ort.__version__, threads or "default", "on" if spinning else "off", self.concurrency)
 
-    def infer(self, blob):
-        values = self.session.run(self._output_names, {self._input_name: blob})
+    @staticmethod
+    def _session(ort, model_path, threads, spinning):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads  # 0: ONNX Runtime's default (one per physical core)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Spinning (ORT's default) starts each operator without a wake-up: 4.6 against 6.5 ms for
+        # the fast demo model on 2 cores, 5.2 against 9.4 ms paced at 30 fps (benchmarks/README.md).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        opts.log_severity_level = 3
+        try:
+            return ort.InferenceSession(model_path, sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError("{}: cannot load model: {}".format(model_path, first[:300]))
+
+    def infer(self, blob, parallel=False):
+        """``parallel``: other frames are being inferred at the same time (the narrow session)."""
+        session = self._narrow if parallel else self.session
+        values = session.run(self._output_names, {self._input_name: blob})
         return dict(zip(self._output_names, values))
 
     def close(self):
-        self.session = None
+        self.session = self._narrow = None
 
 
 def _imgsz(session):

@@ -223,8 +223,8 @@ class TensorRTBackend(Backend):
         if not self._run(self._stream.handle):
             raise EngineError("{}: TensorRT execution failed".format(self.engine_path))
 
-    def infer(self, blob):
-        # type: (np.ndarray) -> Dict[str, np.ndarray]
+    def infer(self, blob, parallel=False):
+        # type: (np.ndarray, bool) -> Dict[str, np.ndarray]
         """Run the engine on ``blob`` (1x3xHxW float32); return {output name: ndarray} (copies)."""
         cuda = self._cuda
         with self._current():

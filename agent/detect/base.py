@@ -10,8 +10,10 @@ and overlap them (letterbox the next frame and decode the previous one while the
 engine runs):
 
 * ``prepare(image)`` -> a prepared input (any thread; never touches the backend);
-* ``infer(image, prepared)`` -> a pending result (the thread that created the
-  detector: it owns the backend and its CUDA context);
+* ``infer(image, prepared, parallel=False)`` -> a pending result (the thread that
+  created the detector: it owns the backend and its CUDA context; with
+  ``concurrency`` > 1, that many threads may call it at once, ``parallel`` telling
+  each call whether others run beside it);
 * ``finish(pending)`` -> Detections (any thread; never touches the backend).
 
 ``release(prepared)`` gives a prepared input's buffer back (once infer no longer
@@ -54,6 +56,7 @@ class FrameJob(object):
     pending: Any = None
     t_start: float = 0.0
     detections: Optional[Detections] = None
+    ticket: int = 0  # the order the pipeline took it in (records leave in this order)
 
     def release(self):
         """Give the prepared input back to its detector; idempotent."""
@@ -71,6 +74,7 @@ class Detector(object):
     """
 
     kind = ""  # "cpu" or "fused": for logs and reports only
+    concurrency = 1  # how many threads may call ``infer`` at once
 
     def __init__(self, backend, size, labels, detection, backend_name="", engine_id=""):
         self.backend = backend
@@ -85,8 +89,9 @@ class Detector(object):
         """The input prepared on the calling thread (None: nothing to prepare)."""
         return None
 
-    def infer(self, image, prepared):
-        """Run the model; returns what finish() needs. On the detector's own thread."""
+    def infer(self, image, prepared, parallel=False):
+        """Run the model; returns what finish() needs. On the detector's own thread (or, with
+        ``concurrency`` > 1, one of that many; ``parallel``: other calls run at the same time)."""
         raise NotImplementedError
 
     def finish(self, pending):

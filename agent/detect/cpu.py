@@ -32,6 +32,7 @@ class CpuDetector(Detector):
     def __init__(self, backend, decoder, size, labels, detection, **kw):
         super(CpuDetector, self).__init__(backend, size, labels, detection, **kw)
         self.decoder = decoder
+        self.concurrency = getattr(backend, "concurrency", 1)
         # Free Letterbox buffers. A buffer is out from prepare() to release(); the pipeline
         # bounds how many are out (queue depth per camera + one per thread), so the pool
         # only grows to that and never allocates per frame once warm.
@@ -50,9 +51,9 @@ class CpuDetector(Detector):
         if prepared is not None:
             self._pool.put(prepared.letterbox)
 
-    def infer(self, image, prepared):
+    def infer(self, image, prepared, parallel=False):
         t0 = now()
-        outputs = self.backend.infer(prepared.blob)  # copies: the buffer may be released after this
+        outputs = self.backend.infer(prepared.blob, parallel) if parallel else self.backend.infer(prepared.blob)  # copies: the buffer may be released after this
         return outputs, prepared.mapping, {"preprocess": prepared.ms, "infer": stage_ms(t0)}
 
     def finish(self, pending):

@@ -253,7 +253,7 @@ class FusedDetector(Detector):
             self.gpu = GpuDetector(engine.runtime, engine.modules, w, h, rows - 4, anchors, engine.execute,
                                    engine.input_ptr, engine.output_ptr, mapped_frame=engine.mapped_input)
 
-    def infer(self, image, prepared):
+    def infer(self, image, prepared, parallel=False):
         with self.engine.current():
             boxes, scores, class_ids, times = self.gpu.detect(image, self.detection)
         return Detections(boxes, scores, class_ids, times)

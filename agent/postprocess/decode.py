@@ -119,38 +119,82 @@ class AnchorDecoder(Decoder):
     def _decode(self, arrays, conf, top_k, classes):
         out = _first(arrays[0], self.names[0], 2)
         if self.layout == "yolov8":
-            out = out.T  # a view: columns of the [4+nc, N] array are the anchors
+            return self._decode_v8(out, conf, top_k, classes)
         first = 5 if self.layout == "yolov5" else 4
         scores = out[:, first:]
         if classes is not None:
-            classes = np.asarray(classes, np.intp)
-            classes = classes[(classes >= 0) & (classes < scores.shape[1])]
+            classes = _known(classes, scores.shape[1])
             scores = scores[:, classes]
         if scores.shape[1] == 0:
             return _empty()
         if self.layout == "yolov5":
             obj = out[:, 4]
             # obj * cls <= obj, so anchors with obj <= conf cannot pass.
-            cand = np.flatnonzero(obj > conf)
+            cand = np.flatnonzero(obj.astype(np.float32) > conf)
             cls_scores = scores[cand] * obj[cand, None]
         else:
-            # The max over classes is the costly pass; it runs over contiguous rows of the
-            # [nc, N] array, then argmax only over the few survivors.
             best = scores.max(axis=1)
-            cand = np.flatnonzero(best > conf)
+            cand = np.flatnonzero(best.astype(np.float32) > conf)
             cls_scores = scores[cand]
         if len(cand) == 0:
             return _empty()
         cls = cls_scores.argmax(axis=1)
         sc = cls_scores[np.arange(len(cand)), cls].astype(np.float32)
+        return self._select(out, cand, sc, cls, conf, top_k, classes)
+
+    def _decode_v8(self, out, conf, top_k, classes):
+        """[4+nc, N], channels first: every pass runs along contiguous rows of one class.
+
+        The reference is one line, ``cls = out[4:].T.argmax(1); score = out[4:].T.max(1)``;
+        numpy runs an argmax across rows by transposing a copy of the whole array, so the
+        class is found from the max instead: for a few candidates over their columns only,
+        for many (conf 0.001, the mAP setting) as the first row equal to the max, on
+        bytes (tests/test_decode.py compares both with the reference).
+        """
+        scores = out[4:]
+        if classes is not None:
+            classes = _known(classes, scores.shape[0])
+            scores = scores[classes]
+        if scores.shape[0] == 0:
+            return _empty()
+        best = scores.max(axis=0)
+        # Compared in float32 as the reference does (a float16 output would round conf itself).
+        cand = np.flatnonzero(best.astype(np.float32, copy=False) > conf)
+        if len(cand) == 0:
+            return _empty()
+        if len(cand) * 8 < scores.shape[1]:
+            cls = scores[:, cand].argmax(axis=0)
+        else:
+            cls = (scores == best).argmax(axis=0)[cand]
+        return self._select(out.T, cand, best[cand].astype(np.float32), cls, conf, top_k, classes)
+
+    @staticmethod
+    def _select(rows, cand, sc, cls, conf, top_k, classes):
+        """The candidates passing ``conf``, best first, at most ``top_k``; ``rows``: [N, 4+] anchors."""
         passed = np.flatnonzero(sc > conf)
         keep = passed[_topk(sc[passed], top_k)]
         idx = cand[keep]
-        boxes = _xywh_to_xyxy(out[idx, :4].astype(np.float32))
+        boxes = _xywh_to_xyxy(rows[idx, :4].astype(np.float32))
         cls = cls[keep]
         if classes is not None:
             cls = classes[cls]
         return boxes, sc[keep], cls.astype(np.int32)
+
+
+def decode_v8_reference(output, conf_threshold, top_k=None):
+    """The plain numpy decode of one ``[1, 4+nc, N]`` output, to check AnchorDecoder by eye."""
+    x = output[0].T  # [N, 4+nc]: one row per anchor
+    cls = x[:, 4:].argmax(1)
+    score = x[np.arange(len(x)), 4 + cls].astype(np.float32)
+    idx = np.flatnonzero(score > conf_threshold)
+    idx = idx[np.argsort(-score[idx], kind="stable")][:top_k]
+    return _xywh_to_xyxy(x[idx, :4].astype(np.float32)), score[idx], cls[idx].astype(np.int32)
+
+
+def _known(classes, nc):
+    """The requested class ids that the model has."""
+    classes = np.asarray(classes, np.intp)
+    return classes[(classes >= 0) & (classes < nc)]
 
 
 class End2EndDecoder(Decoder):

@@ -17,7 +17,18 @@ Known differences, all on degenerate input: a box with zero or negative width or
 height never suppresses and is never suppressed (OpenCV treats two zero-area boxes
 anywhere in the image as IoU 1); NaN scores sort last here.
 
-Algorithm: two exact strategies, picked by how the boxes look.
+Algorithm: three exact strategies, picked by how the boxes look.
+
+* OpenCV (``cv2.dnn.NMSBoxes``, OpenCV >= 4.7, whose ``NMSBoxesBatched`` marks the
+  float-exact bindings) for detector output, clusters of boxes around each object,
+  and for small sets: its C++ loop compares a box with the kept ones only until one
+  suppresses it. We give it the boxes in our rank order (scores replaced by the rank,
+  so that its own sort keeps our tie and NaN rules) and one call per class, so a box
+  is compared with the kept boxes of its own class only (NMSBoxesBatched compares it
+  with every kept box, offset away). Boxes without area skip it (rule above).
+
+Sparse boxes (most of them kept, where OpenCV's loop grows as boxes x kept) and
+OpenCV before 4.7 (JetPack's 4.1.1 and 4.5.4) get the numpy strategies:
 
 * Batched greedy (detector output: clusters of boxes around each object): the
   next 64 undecided boxes in rank order are resolved among themselves from a 64x64
@@ -194,6 +205,55 @@ def _greedy_batched(b, cls, iou_threshold, limit, sweep):
     return np.concatenate(keep)[:limit] if keep else np.empty(0, np.intp)
 
 
+def _nms_boxes():
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2.dnn.NMSBoxes if hasattr(cv2, "dnn") and hasattr(cv2.dnn, "NMSBoxesBatched") else None
+
+
+_NMS_BOXES = _nms_boxes()
+_SMALL = 256  # boxes below which OpenCV's loop wins whatever their layout
+
+
+def _clustered(b, cls, iou_threshold):
+    """True when the best _BATCH boxes suppress each other (detector output), not when they are
+    spread out with most of them kept, where OpenCV's kept-list loop grows as n x kept."""
+    w, h = b[:_BATCH, 2] - b[:_BATCH, 0], b[:_BATCH, 3] - b[:_BATCH, 1]
+    area = np.where((w > 0) & (h > 0), w * h, 0.0)
+    head = np.arange(min(_BATCH, len(b)))
+    removed = _resolve(_suppresses(b, area, cls, np.float32(iou_threshold), head, head))
+    return removed.sum() >= _SPARSE * len(head)
+
+
+def _opencv(b, cls, iou_threshold):
+    """Kept ranks of rank-ordered boxes ``b``, by cv2.dnn.NMSBoxes (one call per class)."""
+    n = len(b)
+    rects = b.copy()
+    rects[:, 2:] -= rects[:, :2]  # x, y, w, h: w is exact for float32 corners, so x + w == x2
+    # Descending ranks as scores: OpenCV's stable sort then keeps our order, ties and NaNs included.
+    ranks = np.arange(n, 0, -1, dtype=np.float32)
+    valid = (rects[:, 2] > 0) & (rects[:, 3] > 0)
+    everyone = bool(valid.all())
+    thr = float(iou_threshold)
+    if cls is None and everyone:  # the common case, in one call
+        return np.asarray(_NMS_BOXES(rects.tolist(), ranks, 0.0, thr), np.intp).reshape(-1)
+    groups = [np.flatnonzero(valid)] if cls is None else _class_groups(cls, valid)
+    kept = [g[np.asarray(_NMS_BOXES(rects[g].tolist(), ranks[g], 0.0, thr), np.intp).reshape(-1)] for g in groups]
+    if not everyone:
+        kept.append(np.flatnonzero(~valid))  # never suppressed
+    return np.sort(np.concatenate(kept))
+
+
+def _class_groups(cls, valid):
+    """Rank indices of the valid boxes, one array per class."""
+    idx = np.flatnonzero(valid)
+    by_class = idx[np.argsort(cls[idx], kind="stable")]
+    cuts = np.flatnonzero(cls[by_class][1:] != cls[by_class][:-1]) + 1
+    return [by_class[a:b] for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(by_class)])]
+
+
 def _greedy(n, a, b):
     """Resolve greedy NMS over ranks 0..n-1 given suppression edges a -> b (a < b)."""
     UNDECIDED, KEPT, REMOVED = 0, 1, 2
@@ -233,6 +293,8 @@ def nms(boxes, scores, iou_threshold, class_ids=None, class_agnostic=False, max_
         cls = class_ids[order].astype(np.int64)
     limit = n if max_detections is None else int(max_detections)
     b = boxes[order]
+    if _NMS_BOXES is not None and (n <= _SMALL or _clustered(b, cls, iou_threshold)):
+        return order[_opencv(b, cls, iou_threshold)[:limit]].astype(np.int64)
     sweep = _sweep_order(b, cls)
     if sweep[2][-1] <= _DENSE * n:  # few boxes meet in x: the sweep has little to compare
         keep = _sweep(b, cls, iou_threshold, sweep)

@@ -52,7 +52,6 @@ class _FiniteSource(FrameSource):
         self.loop = loop
         self.fps = fps
         self._pacer = _Pacer(fps)
-        self._pending = None
         self._index = 0
         self._ended = False
         self._closed = False
@@ -69,21 +68,20 @@ class _FiniteSource(FrameSource):
             raise SourceError("{}: read() after close()".format(self.uri))
         if self._ended:
             raise EndOfStream("{}: end of stream".format(self.uri))
-        if self._pending is None:
-            image = self._next_image()
-            if image is None and self.loop:
-                self._rewind()
-                image = self._next_image()
-                if image is None:
-                    raise SourceError("{}: no frame after rewinding".format(self.uri))
-            if image is None:
-                self._ended = True
-                log.info("%s: end of stream after %d frames", self.uri, self.stats.captured)
-                raise EndOfStream("{}: end of stream".format(self.uri))
-            self._pending = image
+        # Wait first, then decode, as a camera delivers: decoding the next frame ahead would
+        # run it beside the inference of this one (a camera's decoder is idle between frames).
         if not self._pacer.wait(max(0, timeout_ms) / 1000.0):
             return None
-        image, self._pending = self._pending, None
+        image = self._next_image()
+        if image is None and self.loop:
+            self._rewind()
+            image = self._next_image()
+            if image is None:
+                raise SourceError("{}: no frame after rewinding".format(self.uri))
+        if image is None:
+            self._ended = True
+            log.info("%s: end of stream after %d frames", self.uri, self.stats.captured)
+            raise EndOfStream("{}: end of stream".format(self.uri))
         frame = Frame(image, self._index, time.time(), time.monotonic())
         self._index += 1
         self.stats.captured += 1
@@ -107,7 +105,7 @@ class VideoFileSource(_FiniteSource):
             native = 0.0
         rate = (fps or native or 30.0) if realtime else 0.0
         _FiniteSource.__init__(self, path, loop, rate)
-        self._pending = first
+        self._first = first  # decoded to check the file: the first read returns it
         log.info("%s: video %dx%d, %.1f fps in the file, %s%s", path, first.shape[1], first.shape[0], native,
                  "paced at {:.1f} fps".format(rate) if rate else "unpaced", ", looping" if loop else "")
 
@@ -119,6 +117,9 @@ class VideoFileSource(_FiniteSource):
         return cap
 
     def _next_image(self):
+        if self._first is not None:
+            image, self._first = self._first, None
+            return image
         ok, image = self._cap.read()
         return image if ok else None
 
