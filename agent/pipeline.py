@@ -7,8 +7,8 @@ the Detector's stages, whichever detector it is (agent.detect.base):
   drops its oldest frame, so inference always gets the freshest; files: wait);
 - one inference thread owns the detector (and so the backend and CUDA context): it
   opens, runs ``infer`` on, swaps and closes it;
-- one output thread calls ``finish`` (the CPU detector decodes and runs NMS there,
-  overlapping the next inference), builds records and hands them to the sinks.
+- one output thread calls ``finish`` (the CPU detector decodes and runs NMS there, overlapping
+  the next inference), tracks (agent.track), builds records and hands them to the sinks.
 A job's prepared input goes back to its detector through ``FrameJob.release`` once
 ``infer`` is done with it or the frame is dropped.
 """
@@ -24,6 +24,7 @@ from .publish.schema import Sequencer, make_record
 from .sources import open_source
 from .sources.base import EndOfStream
 from .timing import RollingStats, now
+from .track.stage import CameraTrackState, TrackingStage, detection_settings
 
 log = logging.getLogger("edge_agent.pipeline")
 
@@ -49,6 +50,7 @@ class Camera(object):
         self.ended = threading.Event()
         self.max_frames = config.max_frames
         self.thread = None
+        self.track = CameraTrackState()  # TrackingStage's, for this camera
 
     @property
     def id(self):
@@ -66,7 +68,8 @@ class Pipeline(object):
         self.config = config
         self.sinks = list(sinks)
         self.cameras = []
-        self._open_detector = detector_factory
+        self._tracking = TrackingStage(self.sinks)
+        self._open_detector = lambda config, size: self._tracking.prepare(detector_factory(config, size), config)
         self._detector = None
         self._stop = threading.Event()
         self._ready = threading.Condition()
@@ -86,6 +89,7 @@ class Pipeline(object):
 
     def start(self):
         """Load the model and open the sources (raises AgentError); start the threads."""
+        self._tracking.check(self.config)  # no scipy: refuse now, before a model or camera opens
         loaded = threading.Event()
         error = []
 
@@ -214,7 +218,7 @@ class Pipeline(object):
                          or config.sizes != old.sizes or config.backend != old.backend)
         self.config = config
         if self._detector is not None:
-            self._detector.detection = config.detection  # thresholds apply from the next frame
+            self._detector.detection = detection_settings(config)  # thresholds apply from the next frame
         if model_changed:
             self._swap = config
         old_cams = {c.id: c for c in self.cameras}
@@ -225,12 +229,17 @@ class Pipeline(object):
                 camera.thread.join(2.0)
                 camera.source.close()
                 self.cameras.remove(camera)
+                self._tracking.close(config, [camera])  # its tracks end ('stopped'); reopened, it starts anew
         for cid, cam in wanted.items():
             if cid not in old_cams or old_cams[cid].cam != cam:
                 camera = Camera(config, cam, open_source(cam))
                 self.cameras.append(camera)
                 self._start_feeder(camera)
         log.info("reloaded configuration%s", " (switching to size {})".format(config.size) if model_changed else "")
+
+    def publish_counts(self):
+        """Send every camera's current counts again (the service calls it every timing interval)."""
+        self._tracking.publish_counts(self.config, list(self.cameras))
 
     # --- threads ---------------------------------------------------------------------------
 
@@ -369,14 +378,14 @@ class Pipeline(object):
                 got.detections = found = detector.finish(got.pending)
                 got.pending = None
                 t_post = now()
+                boxes, scores, class_ids, ids = self._tracking.frame(self.config, camera, found, frame, detector.labels)
                 times = {"capture": max(0.0, (got.t_start - frame.monotonic) * 1000.0)}
                 times.update(found.times)
                 t = now()
                 times["publish"] = (t - t_post) * 1000.0
                 times["total"] = (t - frame.monotonic) * 1000.0
                 record = make_record(self.config.device_id, camera.id, self._seq.next(camera.id), frame,
-                                     detector.size, detector.labels, found.boxes, found.scores, found.class_ids,
-                                     times)
+                                     detector.size, detector.labels, boxes, scores, class_ids, times, ids)
                 camera.stats.add(times, t)
                 for sink in self.sinks:
                     try:
@@ -385,6 +394,7 @@ class Pipeline(object):
                         log.exception("sink %s failed", type(sink).__name__)
                 self._processed += 1  # only this thread writes it
         finally:
+            self._tracking.close(self.config, list(self.cameras))  # 'end' events; counts back to zero
             if self._state == "running":
                 self._state = "finished"
             self._done.set()
