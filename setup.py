@@ -28,14 +28,22 @@ setup(
         'dataclasses; python_version < "3.7"',
         # OpenCV is not required here on purpose: JetPack's system OpenCV has GStreamer
         # (CSI cameras), pip's opencv-python does not. Install the `cpu` extra off-Jetson.
+        # Nor is scipy (the tracker's linear_sum_assignment): on a Jetson it is Ubuntu's
+        # python3-scipy (scripts/install.sh), built against JetPack's numpy; elsewhere the
+        # `cpu` extra brings it.
     ],
     extras_require={
-        "cpu": ["onnxruntime>=1.10", "opencv-python-headless>=4.1"],
+        # scipy 1.5.4 is the last release for Python 3.6.
+        "cpu": ["onnxruntime>=1.10", "opencv-python-headless>=4.1",
+                'scipy>=1.5,<1.6; python_version < "3.7"', 'scipy>=1.5; python_version >= "3.7"'],
+        "tracking": ['scipy>=1.5,<1.6; python_version < "3.7"', 'scipy>=1.5; python_version >= "3.7"'],
         "onnxruntime": ["onnxruntime>=1.10"],
         "opencv": ["opencv-python-headless>=4.1"],
         # Device.retain_primary_context (the backend) arrived in pycuda 2020.1; 2022.1 is the last for Python 3.6.
         "gpu": ['pycuda>=2020.1,<=2022.1; python_version < "3.7"', 'pycuda>=2020.1; python_version >= "3.7"'],
-        "eval": ["faster-coco-eval>=1.3; python_version >= '3.7'", "pycocotools>=2.0"],
+        # motmetrics: MOTA/IDF1 of the tracker (benchmarks/track_accuracy.py); 1.2.5 is the last for 3.6.
+        "eval": ["faster-coco-eval>=1.3; python_version >= '3.7'", "pycocotools>=2.0",
+                 'motmetrics==1.2.5; python_version < "3.7"', 'motmetrics>=1.2; python_version >= "3.7"'],
         "plot": ["matplotlib>=3.0"],
         # tensorrt-stubs is installed with --no-deps by scripts/setup.sh: its dependency
         # (the real TensorRT bindings) is what a CPU machine cannot have.

@@ -45,7 +45,9 @@ def load_report(path):
     except ValueError as e:
         log.warning("size auto: ignoring unreadable benchmark report %s: %s", path, e)
         return None
-    if not isinstance(report, dict) or report.get("schema_version") != SCHEMA_VERSION:
+    # Version 2 changed detection records, not benchmark reports: a version-1 report still reads.
+    version = report.get("schema_version") if isinstance(report, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEMA_VERSION:
         log.warning("size auto: ignoring benchmark report %s: unknown schema_version", path)
         return None
     return report

@@ -6,7 +6,7 @@ the YAML file, environment variables (``EDGE_AGENT_SIZE=accurate``,
 Every error names the dotted key and the bad value and raises ConfigError,
 which the CLI turns into exit code 78 before any camera or GPU is opened.
 
-Why this module is longer than the others (~630 lines): every key's type, default and
+Why this module is longer than the others (~670 lines): every key's type, default and
 bound sit beside the loader and the cross-field checks that enforce them, with the one
 table of environment variables; split, one fact would live in two places.
 """
@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .sources.base import redact
+from .track.zones import polygon_problem
 
 ENV_PREFIX = "EDGE_AGENT_"
 DEFAULT_CONFIG_PATH = "/etc/edge-agent/config.yaml"
@@ -125,6 +126,8 @@ class CameraConfig:
     loop: bool = False  # files and folders: start again at the end
     realtime: bool = True  # files and folders: pace at the file's fps
     stall_timeout_s: float = _opt(5.0, SECONDS)  # live sources: reopen after this long without a frame
+    # Named polygons, each point [x, y] as fractions of the frame's width and height (agent.track.zones).
+    zones: Dict[str, List[List[float]]] = _opt({})
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,22 @@ class DetectionConfig:
     top_k: int = _opt(1000, POSITIVE)  # candidates kept before NMS
     max_detections: int = _opt(100, POSITIVE)
     classes: List[int] = _opt([])  # keep only these class ids; empty: all
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """The multi-object tracker per camera (agent.track.tracker: ByteTrack's steps and these names)."""
+
+    enabled: bool = True
+    high_threshold: float = _opt(0.5, UNIT)  # first association; below it, the low-confidence second pass
+    low_threshold: float = _opt(0.1, UNIT)  # the detector runs down to min(this, detection.conf_threshold)
+    new_track_threshold: float = _opt(0.4, UNIT)  # a detection this sure may start a track
+    match_iou: float = _opt(0.2, UNIT)  # least IoU of a predicted track box and its detection
+    min_hits: int = _opt(3, POSITIVE)  # consecutive matches that confirm a track (and give it an id)
+    lost_buffer: float = _opt(0.05, NON_NEGATIVE)  # a lost track's box grows by this (x its size) per frame lost
+    max_lost_frames: int = _opt(90, NON_NEGATIVE)  # a lost track ends after this many frames unmatched
+    coast_frames: int = _opt(2, NON_NEGATIVE)  # a lost track still counts as in view this many frames
+    max_tracks: int = _opt(256, (lambda v: 1 <= v <= 100000, "in [1, 100000]"))  # per camera
 
 
 @dataclass(frozen=True)
@@ -193,7 +212,8 @@ class MqttConfig:
     tls: TlsConfig = _opt(TlsConfig())
     qos_detections: int = _opt(1, (lambda v: v in (0, 1, 2), "0, 1 or 2"))
     qos_timing: int = _opt(0, (lambda v: v in (0, 1, 2), "0, 1 or 2"))
-    publish: str = _opt("all", choices=("all", "detections", "changes"))
+    # events: only the events and counts topics, no per-frame detections (low-bandwidth links)
+    publish: str = _opt("all", choices=("all", "detections", "changes", "events"))
     timing_interval_s: float = _opt(5.0, SECONDS)
     queue_size: int = _opt(1000, POSITIVE)
     spool_max_records: int = _opt(100000, POSITIVE)
@@ -224,6 +244,7 @@ class AgentConfig:
     sizes: Dict[str, SizeConfig] = _opt({})
     cameras: List[CameraConfig] = _opt([])
     detection: DetectionConfig = _opt(DetectionConfig())
+    tracking: TrackingConfig = _opt(TrackingConfig())
     onnxruntime: OnnxRuntimeConfig = _opt(OnnxRuntimeConfig())
     tensorrt: TensorRTConfig = _opt(TensorRTConfig())
     output: OutputConfig = _opt(OutputConfig())
@@ -538,6 +559,19 @@ def validate(config, check_files=True):
         if cam.id in seen:
             raise ConfigError("cameras[{}].id: duplicate camera id {}".format(i, _describe(cam.id)))
         seen.add(cam.id)
+        for name, points in sorted(cam.zones.items()):
+            key = "cameras[{}].zones.{}".format(i, _key_name(name))
+            if not name or len(name.encode("utf-8")) > MAX_NAME_BYTES:
+                raise ConfigError("{}: expected a zone name of 1 to {} bytes".format(key, MAX_NAME_BYTES))
+            problem = polygon_problem(points)
+            if problem:
+                raise ConfigError("{}{}: {}".format(key, problem[0], problem[1]))
+    t = config.tracking
+    if t.low_threshold > t.high_threshold:
+        raise ConfigError("tracking.low_threshold: expected a value <= tracking.high_threshold ({}), got {}".format(
+            t.high_threshold, t.low_threshold))
+    if config.mqtt.publish == "events" and not t.enabled:
+        raise ConfigError("mqtt.publish: 'events' needs tracking.enabled: true (events come from the tracks)")
     if config.size == "auto" and not (config.auto_size.latency_budget_ms or config.auto_size.target_fps):
         raise ConfigError("auto_size: size is 'auto' but neither latency_budget_ms nor target_fps is set")
     _check_mqtt_url(config.mqtt.url)

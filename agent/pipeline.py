@@ -11,7 +11,7 @@ the Detector's stages, whichever detector it is (agent.detect.base):
   each taking the next frame, told whether others are inferring beside it (alone, a
   frame gets every core; side by side, one core each);
 - one output thread calls ``finish`` (the CPU detector decodes and runs NMS there,
-  overlapping the next inference), builds records and hands them to the sinks in the
+  overlapping the next inference), tracks (agent.track), builds records and hands them to the sinks in the
   order the frames were taken (a ticket per frame; a faster inference waits for its
   predecessor).
 A job's prepared input goes back to its detector through ``FrameJob.release`` once
@@ -34,6 +34,7 @@ from .publish.schema import Sequencer, make_record
 from .sources import open_source
 from .sources.base import EndOfStream
 from .timing import RollingStats, now
+from .track.stage import CameraTrackState, TrackingStage, detection_settings
 
 log = logging.getLogger("edge_agent.pipeline")
 
@@ -59,6 +60,7 @@ class Camera(object):
         self.ended = threading.Event()
         self.max_frames = config.max_frames
         self.thread = None
+        self.track = CameraTrackState()  # TrackingStage's, for this camera
 
     @property
     def id(self):
@@ -76,7 +78,8 @@ class Pipeline(object):
         self.config = config
         self.sinks = list(sinks)
         self.cameras = []
-        self._open_detector = detector_factory
+        self._tracking = TrackingStage(self.sinks)
+        self._open_detector = lambda config, size: self._tracking.prepare(detector_factory(config, size), config)
         self._detector = None
         self._stop = threading.Event()
         self._ready = threading.Condition()
@@ -102,6 +105,7 @@ class Pipeline(object):
 
     def start(self):
         """Load the model and open the sources (raises AgentError); start the threads."""
+        self._tracking.check(self.config)  # no scipy: refuse now, before a model or camera opens
         loaded = threading.Event()
         error = []
 
@@ -235,7 +239,7 @@ class Pipeline(object):
                          or config.sizes != old.sizes or config.backend != old.backend)
         self.config = config
         if self._detector is not None:
-            self._detector.detection = config.detection  # thresholds apply from the next frame
+            self._detector.detection = detection_settings(config)  # thresholds apply from the next frame
         if model_changed:
             self._swap = config
         old_cams = {c.id: c for c in self.cameras}
@@ -246,12 +250,17 @@ class Pipeline(object):
                 camera.thread.join(2.0)
                 camera.source.close()
                 self.cameras.remove(camera)
+                self._tracking.close(config, [camera])  # its tracks end ('stopped'); reopened, it starts anew
         for cid, cam in wanted.items():
             if cid not in old_cams or old_cams[cid].cam != cam:
                 camera = Camera(config, cam, open_source(cam))
                 self.cameras.append(camera)
                 self._start_feeder(camera)
         log.info("reloaded configuration%s", " (switching to size {})".format(config.size) if model_changed else "")
+
+    def publish_counts(self):
+        """Send every camera's current counts again (the service calls it every timing interval)."""
+        self._tracking.publish_counts(self.config, list(self.cameras))
 
     # --- threads ---------------------------------------------------------------------------
 
@@ -441,6 +450,7 @@ class Pipeline(object):
                     if job.pending is not None:
                         self._emit(job)
         finally:
+            self._tracking.close(self.config, list(self.cameras))  # 'end' events; counts back to zero
             if self._state == "running":
                 self._state = "finished"
             self._done.set()
@@ -451,14 +461,14 @@ class Pipeline(object):
         got.detections = found = detector.finish(got.pending)
         got.pending = None
         t_post = now()
+        boxes, scores, class_ids, ids = self._tracking.frame(self.config, camera, found, frame, detector.labels)
         times = {"capture": max(0.0, (got.t_start - frame.monotonic) * 1000.0)}
         times.update(found.times)
         t = now()
         times["publish"] = (t - t_post) * 1000.0
         times["total"] = (t - frame.monotonic) * 1000.0
         record = make_record(self.config.device_id, camera.id, self._seq.next(camera.id), frame,
-                             detector.size, detector.labels, found.boxes, found.scores, found.class_ids,
-                             times)
+                             detector.size, detector.labels, boxes, scores, class_ids, times, ids)
         camera.stats.add(times, t)
         for sink in self.sinks:
             try:

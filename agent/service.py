@@ -13,7 +13,8 @@ below does the work every tick:
 - while ``Pipeline.start()`` runs (loading, or building an engine for minutes)
   the start timeout is extended with EXTEND_TIMEOUT_USEC= and STATUS= shows the
   latest log line of the agent ("building ...");
-- timing summaries, health and status changes go to every sink on schedule.
+- timing summaries, counts (agent.track), health and status changes go to every sink
+  on schedule.
 """
 
 import logging
@@ -305,6 +306,7 @@ def _loop(pipeline, sinks, config, config_path, overrides, flags, started_at):
             for camera_id, summary in sorted(pipeline.timing_summaries().items()):
                 timing = schema.timing(config.device_id, camera_id, summary, config.mqtt.timing_interval_s)
                 _each_sink(sinks, "timing", camera_id, timing)
+            pipeline.publish_counts()  # the retained counts, also when nothing changed
             next_timing = now + config.mqtt.timing_interval_s
         if now >= next_health:
             _each_sink(sinks, "health", schema.health(config.device_id, read_health(), pipeline.camera_states()))

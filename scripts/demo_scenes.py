@@ -144,15 +144,17 @@ def random_objects(rng, w, h, scale=1.0):
     return objs
 
 
-def annotate(objs, w, h):
-    """Visible objects as (cls, [x, y, w, h]) with boxes clipped to the frame."""
+def annotate(objs, w, h, track_ids=None):
+    """Visible objects as (cls, [x, y, w, h]) with boxes clipped to the frame; with ``track_ids``
+    (one per object), (cls, [x, y, w, h], track id)."""
     anns = []
-    for obj, vis in zip(objs, visibility(objs, w, h)):
+    for k, (obj, vis) in enumerate(zip(objs, visibility(objs, w, h))):
         if vis < MIN_VISIBLE:
             continue
         x0, y0, x1, y1 = box(obj)
         x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-        anns.append((obj.cls, [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)]))
+        ann = (obj.cls, [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)])
+        anns.append(ann if track_ids is None else ann + (track_ids[k],))
     return anns
 
 
@@ -185,9 +187,12 @@ def coco_skeleton():
 
 
 def add_image(coco, image_id, file_name, w, h, anns, **extra):
-    """Append one image and its annotations to a COCO dict."""
+    """Append one image and its annotations ((cls, bbox) or (cls, bbox, track id)) to a COCO dict."""
     coco["images"].append(dict(id=image_id, file_name=file_name, width=w, height=h, **extra))
-    for cls, bbox in anns:
-        coco["annotations"].append({
-            "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": cls + 1,
-            "bbox": bbox, "area": round(bbox[2] * bbox[3], 2), "iscrowd": 0})
+    for ann in anns:
+        cls, bbox = ann[:2]
+        entry = {"id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": cls + 1,
+                 "bbox": bbox, "area": round(bbox[2] * bbox[3], 2), "iscrowd": 0}
+        if len(ann) > 2:
+            entry["track_id"] = ann[2]  # the object's identity across frames (make_video's movers)
+        coco["annotations"].append(entry)

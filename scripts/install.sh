@@ -47,6 +47,13 @@ if [ -e "$root/etc/nv_tegra_release" ]; then
         || die "TensorRT's Python bindings are missing: sudo apt-get install python3-libnvinfer (JetPack), then run this again"
     [ -x "$root/usr/local/cuda/bin/nvcc" ] \
         || die "no $root/usr/local/cuda/bin/nvcc (pycuda is built against it): sudo apt-get install nvidia-cuda-dev (JetPack), then run this again"
+    # The tracker's scipy comes from Ubuntu like TensorRT and OpenCV (a pip scipy would be
+    # built here for an hour, against a numpy that may not be JetPack's).
+    if ! "$PY" -c 'import scipy.optimize' 2>/dev/null; then
+        echo "install.sh: installing python3-scipy (apt-get; the tracker's linear_sum_assignment)"
+        apt-get install -y -qq python3-scipy >/dev/null \
+            || die "apt-get install python3-scipy failed (the tracker needs it; or set tracking.enabled: false)"
+    fi
     "$PY" -m venv --system-site-packages "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip
     CUDA_ROOT=/usr/local/cuda PATH=/usr/local/cuda/bin:$PATH "$VENV/bin/pip" install ".[gpu]" \

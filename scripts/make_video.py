@@ -1,4 +1,8 @@
-"""Render a deterministic demo video of moving shapes plus per-frame COCO ground truth."""
+"""Render a deterministic demo video of moving shapes plus per-frame COCO ground truth.
+
+Every annotation carries ``track_id``: the mover it belongs to (1..objects), the same in
+every frame, also after the mover was hidden for a while (a MOT ground truth).
+"""
 import argparse
 import json
 import math
@@ -51,6 +55,7 @@ def make_video(out, seed=0, seconds=20.0, fps=30, width=1280, height=720, object
     scale = width / 640  # the dataset is 640 wide: keep object sizes in the trained range
     bg = demo_scenes.background(rng, width, height)
     movers = [Mover(rng, width, height, scale) for _ in range(objects)]
+    track_ids = list(range(1, objects + 1))
     # A few precomputed noise fields, cycled: per-frame sensor noise at a fraction of the cost.
     noise = [rng.normal(0, 5, bg.shape).astype(np.int16) for _ in range(4)]
     writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
@@ -67,7 +72,7 @@ def make_video(out, seed=0, seconds=20.0, fps=30, width=1280, height=720, object
         img = np.clip(img.astype(np.int16) + noise[i % len(noise)], 0, 255).astype(np.uint8)
         writer.write(img)
         demo_scenes.add_image(coco, i + 1, f"{out.name}#{i}", width, height,
-                              demo_scenes.annotate(objs, width, height), frame_index=i)
+                              demo_scenes.annotate(objs, width, height, track_ids), frame_index=i)
     writer.release()
     gt = out.with_suffix(".json")
     gt.write_text(json.dumps(coco))

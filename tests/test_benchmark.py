@@ -43,7 +43,7 @@ def test_report_validates_against_schema(tradeoff):
     with open(SCHEMA) as f:
         schema = json.load(f)
     jsonschema.validate(report, schema)
-    assert report["schema_version"] == 1
+    assert report["schema_version"] == 2
     # Saved for size: auto too, identical to --json.
     with open(str(state / "benchmark.json")) as f:
         assert json.load(f) == report

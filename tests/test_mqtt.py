@@ -44,7 +44,7 @@ def make_config(tmp_path, url, device="dev1", **mqtt):
 def record(seq, cam="cam0", labels=()):
     dets = [{"class_id": i, "label": lab, "confidence": 0.9, "box": [10.0, 20.0, 60.0, 80.0],
              "box_norm": [0.03125, 0.08333, 0.1875, 0.33333]} for i, lab in enumerate(labels)]
-    return {"schema_version": 1, "device_id": "dev1", "camera_id": cam, "boot_id": BOOT_ID, "seq": seq,
+    return {"schema_version": 2, "device_id": "dev1", "camera_id": cam, "boot_id": BOOT_ID, "seq": seq,
             "frame_index": seq - 1, "timestamp": time.time(), "model_size": "fast",
             "image": {"width": 320, "height": 240}, "detections": dets,
             "timing_ms": {"preprocess": 1.0, "infer": 5.0, "postprocess": 0.5, "publish": 0.1, "total": 7.0}}
@@ -149,7 +149,7 @@ def test_topics_payloads_match_schemas(broker, tmp_path, protocol):
                          ("spool", "/spool"), ("status", "/status")):
         for payload in sub.json(suffix):
             jsonschema.validate(payload, schema(name))
-            assert payload["schema_version"] == 1
+            assert payload["schema_version"] == 2
     online, offline = sub.json("/status")[0], sub.json("/status")[-1]
     assert online["state"] == "online" and online["engine_id"] == "e1" and online["cameras"] == ["cam0"]
     assert online["boot_id"] == BOOT_ID and online["backend"] == "onnxruntime"

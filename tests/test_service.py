@@ -193,7 +193,7 @@ def test_health_timing_status_over_mqtt(tmp_path, listener, demo_models, small_v
         while time.monotonic() < deadline and len(seen) < 2:
             topic, _, payload = sub.stdout.readline().partition(" ")
             seen.setdefault(topic.rsplit("/", 1)[-1], json.loads(payload))
-        assert seen["health"]["schema_version"] == 1 and seen["health"]["memory"]["total_mb"] > 0
+        assert seen["health"]["schema_version"] == 2 and seen["health"]["memory"]["total_mb"] > 0
         assert seen["timing"]["camera_id"] == "cam0" and "infer" in seen["timing"]["stages"]
         assert any("mqtt=connected" in v for _, v in listener.fields("STATUS"))
         proc.send_signal(signal.SIGTERM)

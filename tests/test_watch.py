@@ -1,7 +1,7 @@
 """``edge-agent watch`` against hostile payloads (issue 14): it never dies, it says what it skipped.
 
 Hypothesis feeds the board every payload kind watch subscribes to (status, spool, health,
-timing, detections: docs/mqtt.md, agent/schemas/) as arbitrary JSON and as valid payloads
+timing, detections, events, counts: docs/mqtt.md, agent/schemas/) as arbitrary JSON and as valid payloads
 with fields removed or replaced by arbitrary JSON, under arbitrary device and camera
 names; then one real mosquitto run publishes garbage to a running ``watch``.
 
@@ -39,10 +39,20 @@ VALID = {  # one valid payload per kind, as the agent publishes them (agent/sche
                    "frame_index": 41, "timestamp": 1.0, "model_size": "fast", "image": {"width": 640, "height": 480},
                    "detections": [{"label": "person", "class_id": 0, "score": 0.9, "box": [1, 2, 3, 4]}],
                    "timing_ms": {"total": 7.5}},
+    "events": {"schema_version": 2, "device_id": "dev1", "camera_id": "cam0", "boot_id": "b", "seq": 7,
+               "type": "start", "timestamp": 100.0, "track_id": 3, "class_id": 4, "label": "car", "first_seen": 99.5,
+               "last_seen": 100.0, "duration_s": 0.5, "best_confidence": 0.9, "best_box": [1, 2, 3, 4],
+               "best_box_norm": [0, 0, 0.1, 0.1], "box": [1, 2, 3, 4], "box_norm": [0, 0, 0.1, 0.1],
+               "image": {"width": 640, "height": 480}, "zones": ["door"], "entered": ["door"], "left": []},
+    "counts": {"schema_version": 2, "device_id": "dev1", "camera_id": "cam0", "boot_id": "b", "timestamp": 1.0,
+               "total": 3, "classes": {"car": 2, "star": 1, "circle": 0},
+               "zones": {"door": {"total": 1, "classes": {"car": 1, "star": 0}}}},
 }
 TOPICS = {"status": ["dev1", "status"], "spool": ["dev1", "spool"], "health": ["dev1", "health"],
-          "timing": ["dev1", "cam0", "timing"], "detections": ["dev1", "cam0", "detections"]}
-SHOWN = {"status": "online", "spool": "3/1", "health": "dev1", "timing": "12.5", "detections": "person"}
+          "timing": ["dev1", "cam0", "timing"], "detections": ["dev1", "cam0", "detections"],
+          "events": ["dev1", "cam0", "events"], "counts": ["dev1", "cam0", "counts"]}
+SHOWN = {"status": "online", "spool": "3/1", "health": "dev1", "timing": "12.5", "detections": "person",
+         "events": "#3 car", "counts": "car 2, star 1; door 1"}
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.integers(min_value=10 ** 308, max_value=10 ** 400) | st.floats()
@@ -131,6 +141,22 @@ def test_names_from_topics_and_labels_never_break_the_table(device, camera, labe
     assert "12.5" in _shows_one_table(board)
 
 
+def test_tracks_follow_events_and_counts_replace():
+    board = Board()
+    start = VALID["events"]
+    board.update(TOPICS["events"], start)
+    board.update(TOPICS["events"], dict(start, track_id=5, label="star", first_seen=90.0, seq=8))
+    board.update(TOPICS["events"], dict(start, type="update", label="truck", changed=["class"], seq=9))
+    row = board.render(now=100.0).splitlines()[1]
+    assert "2: #3 truck 0s, #5 star 10s" in row
+    board.update(TOPICS["events"], dict(start, type="end", reason="lost", seq=10))
+    board.update(TOPICS["counts"], VALID["counts"])
+    row = board.render(now=100.0).splitlines()[1]
+    assert "1: #5 star 10s" in row and "#3" not in row and row.endswith("car 2, star 1; door 1")
+    board.update(TOPICS["counts"], dict(VALID["counts"], total=0, classes={"car": 0}, zones={}))
+    assert board.render().splitlines()[1].endswith("none")
+
+
 def test_examples_from_the_issue():
     board = Board()
     board.update(TOPICS["timing"], {"fps": "abc"})
@@ -182,7 +208,7 @@ def test_watch_survives_garbage_on_a_real_broker(broker):
         time.sleep(0.2)  # the four later SUBSCRIBEs go out in the same on_connect
         for topic, payload in GARBAGE:
             pub.publish("edge-agent/" + topic, payload, qos=1).wait_for_publish()
-        for kind in ("timing", "detections"):
+        for kind in ("timing", "detections", "events", "counts"):
             pub.publish("edge-agent/" + "/".join(TOPICS[kind]), json.dumps(VALID[kind]), qos=1).wait_for_publish()
         out, err = watch.communicate(timeout=20)
     finally:
@@ -196,4 +222,5 @@ def test_watch_survives_garbage_on_a_real_broker(broker):
     assert "Traceback" not in err and "error" not in err.lower(), err
     last = out.decode("utf-8", "replace").split("\x1b[H")[-1]
     assert "online" in last and "12.5" in last and "person" in last and "7.5/9.0" in last, last
+    assert "#3 car" in last and "car 2, star 1; door 1" in last, last
     assert "skipped {} malformed message(s); last: dev1/cam0/timing: not JSON (15 bytes)".format(len(GARBAGE)) in last

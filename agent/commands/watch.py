@@ -12,6 +12,8 @@ import click
 from ..errors import AgentError
 
 STAGE_COLUMNS = ("preprocess", "infer", "postprocess", "total")
+MAX_TRACKS_SHOWN = 4  # per camera in the table; the count says how many there are
+MAX_TRACKS_KEPT = 1000  # per camera: a lost 'end' event must not grow the board without limit
 
 
 class Malformed(ValueError):
@@ -70,6 +72,21 @@ def _read(parts, payload):
             if st is not None:
                 shown[s] = tuple(_number(st, q, "stages.{}.{}".format(s, q)) for q in ("p50", "p95"))
         return "timing", {"fps": _number(payload, "fps"), "stages": shown}
+    if len(parts) == 3 and parts[2] == "events":
+        kind = _field(payload, "type", str, "a string")
+        return "event", {"type": kind, "track_id": _field(payload, "track_id", int, "an integer"),
+                         "label": _field(payload, "label", str, "a string") or "?",
+                         "first_seen": _number(payload, "first_seen")}
+    if len(parts) == 3 and parts[2] == "counts":
+        classes = _field(payload, "classes", dict, "a mapping") or {}
+        for k, v in classes.items():
+            _field(classes, k, int, "an integer", "classes." + str(k))
+        zones = _field(payload, "zones", dict, "a mapping") or {}
+        for k, z in zones.items():
+            _field(zones, k, dict, "a mapping", "zones." + str(k))
+            _field(z, "total", int, "an integer", "zones.{}.total".format(k))
+        return "counts", {"total": _field(payload, "total", int, "an integer"), "classes": classes,
+                          "zones": {k: z.get("total") or 0 for k, z in zones.items()}}
     if len(parts) == 3 and parts[2] == "detections":
         dets = _items(payload, "detections", dict, "a mapping")
         labels = [_field(d, "label", str, "a string", "detections[{}].label".format(i)) or "?"
@@ -87,6 +104,28 @@ def _printable(text):
     return "".join(c if c.isprintable() else "?" for c in str(text))
 
 
+def _new_camera():
+    return {"fps": None, "stages": {}, "seq": None, "labels": "", "tracks": collections.OrderedDict(),
+            "counts": ""}
+
+
+def _tracks_text(tracks, now):
+    if not tracks:
+        return ""
+    shown = ["#{} {}{}".format(tid, label, " {:.0f}s".format(now - first) if first is not None else "")
+             for tid, (label, first) in list(tracks.items())[-MAX_TRACKS_SHOWN:]]
+    more = len(tracks) - len(shown)
+    return "{}: {}{}".format(len(tracks), ", ".join(shown), ", +{}".format(more) if more else "")
+
+
+def _counts_text(values):
+    parts = ["{} {}".format(k, v) for k, v in sorted(values["classes"].items()) if v]
+    text = ", ".join(parts) if parts else "none"
+    if values["zones"]:
+        text += "; " + ", ".join("{} {}".format(k, v) for k, v in sorted(values["zones"].items()))
+    return text
+
+
 class Board(object):
     """What we know of each device and camera, from the messages seen so far."""
 
@@ -100,7 +139,7 @@ class Board(object):
         return self.devices.setdefault(name, {"state": "?", "cameras": collections.OrderedDict(), "spool": None})
 
     def _camera(self, device, cam):
-        return self._device(device)["cameras"].setdefault(cam, {"fps": None, "stages": {}, "seq": None, "labels": ""})
+        return self._device(device)["cameras"].setdefault(cam, _new_camera())
 
     def skip(self, parts, why):
         """Count a message the board cannot show; the table's last line names the latest."""
@@ -124,20 +163,31 @@ class Board(object):
                 self._device(parts[0])[kind] = values
             elif kind == "timing":
                 self._camera(parts[0], parts[1]).update(values)
+            elif kind == "event":
+                tracks = self._camera(parts[0], parts[1])["tracks"]
+                if values["type"] == "end":
+                    tracks.pop(values["track_id"], None)
+                elif values["track_id"] is not None:
+                    tracks[values["track_id"]] = (values["label"], values["first_seen"])
+                    while len(tracks) > MAX_TRACKS_KEPT:
+                        tracks.popitem(last=False)
+            elif kind == "counts":
+                self._camera(parts[0], parts[1])["counts"] = _counts_text(values)
             elif kind == "detections":
                 cam = self._camera(parts[0], parts[1])
                 cam["seq"] = values["seq"]
                 counts = collections.Counter(values["labels"])
                 cam["labels"] = ", ".join("{} x{}".format(k, v) if v > 1 else k for k, v in sorted(counts.items()))
 
-    def render(self):
-        """The table as text."""
+    def render(self, now=None):
+        """The table as text (track ages relative to ``now``, default the clock)."""
+        now = time.time() if now is None else now
         head = ["DEVICE", "STATE", "SPOOL q/drop", "CAMERA", "FPS"] + [
-            "{} p50/p95".format(s) for s in STAGE_COLUMNS] + ["SEQ", "DETECTIONS"]
+            "{} p50/p95".format(s) for s in STAGE_COLUMNS] + ["SEQ", "DETECTIONS", "TRACKS", "COUNTS"]
         rows = []
         with self.lock:
             for name, dev in self.devices.items():
-                cams = dev["cameras"] or {"-": {"fps": None, "stages": {}, "seq": None, "labels": ""}}
+                cams = dev["cameras"] or {"-": _new_camera()}
                 sp = dev["spool"]
                 spool = "{}/{}".format(*("?" if sp[k] is None else sp[k] for k in ("queued", "dropped_boot"))) \
                     if sp else "-"
@@ -146,7 +196,8 @@ class Board(object):
                               for s in STAGE_COLUMNS]
                     seq = str(cam["seq"]) if cam["seq"] is not None else "-"
                     rows.append([name, dev["state"], spool, cam_id, _ms(cam["fps"])] + stages +
-                                [seq, cam["labels"] or "-"])
+                                [seq, cam["labels"] or "-", _tracks_text(cam["tracks"], now) or "-",
+                                 cam["counts"] or "-"])
             tail = ["skipped {} malformed message(s); last: {}".format(self.skipped, self.last_skipped)] \
                 if self.skipped else []
         rows = [[_printable(c) for c in r] for r in rows]
@@ -164,7 +215,7 @@ class Board(object):
 @click.option("--username", default=None, help="Broker user name (password: $EDGE_AGENT_MQTT_PASSWORD).")
 @click.option("--ca", default=None, type=click.Path(exists=True, dir_okay=False), help="CA file for mqtts://.")
 def watch(broker, prefix, as_json, count, timeout, username, ca):
-    """Watch agents over MQTT: devices, FPS, latencies, detections."""
+    """Watch agents over MQTT: devices, FPS, latencies, detections, tracks and counts."""
     import os
 
     from ..config import TlsConfig
@@ -179,7 +230,8 @@ def watch(broker, prefix, as_json, count, timeout, username, ca):
     out_lock = threading.Lock()
     client = paho_compat.make_client("edge-agent-watch-" + uuid.uuid4().hex[:8])
     topics = ["{}/+/status".format(prefix), "{}/+/+/timing".format(prefix), "{}/+/+/detections".format(prefix),
-              "{}/+/health".format(prefix), "{}/+/spool".format(prefix)]
+              "{}/+/health".format(prefix), "{}/+/spool".format(prefix), "{}/+/+/events".format(prefix),
+              "{}/+/+/counts".format(prefix)]
     failure = []
 
     def on_connect(ok, reason):

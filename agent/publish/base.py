@@ -25,6 +25,12 @@ class Sink(object):
         """Publish one ``schema.make_record`` record; ``image`` is the BGR frame (for snapshots), not to be kept."""
         raise NotImplementedError
 
+    def events(self, camera_id, payloads):
+        """Publish one frame's ``schema.event`` payloads of a camera (track start, update, end), in order."""
+
+    def counts(self, camera_id, payload):
+        """Publish a camera's current ``schema.counts`` (on change, and again every timing interval)."""
+
     def timing(self, camera_id, payload):
         """Publish one camera's periodic ``schema.timing`` payload."""
 
@@ -48,7 +54,11 @@ def dumps(payload):
 
 
 class JsonLinesSink(Sink):
-    """Writes each record as one JSON line to stdout (``-``) or a file (appended)."""
+    """Writes each record as one JSON line to stdout (``-``) or a file (appended).
+
+    Detection records only (with their ``track_id``): events and counts go to MQTT, so
+    that every line of the file keeps one shape.
+    """
 
     def __init__(self, target="-"):
         self.target = target

@@ -27,6 +27,7 @@ from .store_forward import StoreForward
 log = logging.getLogger("edge_agent.mqtt")
 
 _RECORD, _PLAIN, _SNAPSHOT = 0, 1, 2
+EVENTS_QOS = 1  # events are rare and each one matters: always acknowledged, spooled while offline
 _BATCH = 500
 
 
@@ -119,6 +120,16 @@ class MqttSink(Sink):
             # Copy only on snapshot frames: the source may reuse its buffer.
             self._put((_SNAPSHOT, topics[2], 0, (record, image.copy()), 0, False))
 
+    def events(self, camera_id, payloads):
+        """Queue track events: QoS 1 and spooled like detection records (never dropped while the spool has room)."""
+        topic = "{}/{}/events".format(self.base, camera_id)
+        for payload in payloads:
+            self._put((_RECORD, topic, EVENTS_QOS, payload, self.store_forward.next_ordinal(), False))
+
+    def counts(self, camera_id, payload):
+        """Queue a camera's counts, retained: only the latest matters, so they are not spooled."""
+        self._put((_PLAIN, "{}/{}/counts".format(self.base, camera_id), 1, payload, 0, True))
+
     def timing(self, camera_id, payload):
         self._put((_PLAIN, "{}/{}/timing".format(self.base, camera_id), self.config.mqtt.qos_timing, payload, 0, False))
 
@@ -167,10 +178,12 @@ class MqttSink(Sink):
     # --- caller side -----------------------------------------------------------------------
 
     def _wanted(self, cam, record):
-        """Whether ``mqtt.publish`` (all, detections, changes) sends this record."""
+        """Whether ``mqtt.publish`` (all, detections, changes, events) sends this record."""
         mode = self.config.mqtt.publish
         if mode == "all":
             return True
+        if mode == "events":  # events and counts only: no per-frame records
+            return False
         labels = frozenset(d["label"] for d in record["detections"])
         if mode == "detections":
             return bool(labels)

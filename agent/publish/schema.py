@@ -6,7 +6,12 @@ are: the transport adds only what it alone knows (the status's ``timestamp`` and
 ``spool`` counters, at the moment it sends). Topics: docs/mqtt.md.
 
 ``seq`` counts records per camera since ``BOOT_ID`` was drawn (one per agent
-start), so a consumer sees any gap.
+start), so a consumer sees any gap. Events have a ``seq`` of their own, per camera
+(a second Sequencer): a gap in it is a lost event. Track ids are per camera and per
+boot too.
+
+Version 2 (issue 17) added ``track_id`` to each detection, and the events and counts
+payloads; nothing was renamed or removed (docs/mqtt.md, "Schema versions").
 """
 
 import itertools
@@ -16,7 +21,7 @@ import uuid
 
 from .. import __version__
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BOOT_ID = uuid.uuid4().hex
 
 
@@ -33,24 +38,30 @@ class Sequencer(object):
             return next(counter)
 
 
-def make_record(device_id, camera_id, seq, frame, size, labels, boxes, scores, class_ids, timing_ms):
+def _box(box, w, h):
+    x1, y1, x2, y2 = box
+    return ([round(x1, 1), round(y1, 1), round(x2, 1), round(y2, 1)],
+            [round(x1 / w, 5), round(y1 / h, 5), round(x2 / w, 5), round(y2 / h, 5)])
+
+
+def make_record(device_id, camera_id, seq, frame, size, labels, boxes, scores, class_ids, timing_ms,
+                track_ids=None):
     """The detection record of one frame (detections.schema.json); ``boxes`` are x1,y1,x2,y2 in pixels.
 
-    The same record goes to JSON lines and to ``{prefix}/{device}/{camera}/detections``.
+    ``track_ids`` (with tracking on): per detection its track's id, 0 for none (published as
+    null); without it, detections have no ``track_id`` key. The same record goes to JSON
+    lines and to ``{prefix}/{device}/{camera}/detections``.
     """
     h, w = frame.image.shape[:2]
     detections = []
-    for box, score, cls in zip(boxes.tolist(), scores.tolist(), class_ids.tolist()):
-        x1, y1, x2, y2 = box
-        detections.append(
-            {
-                "class_id": int(cls),
-                "label": labels.get(int(cls), str(cls)),
-                "confidence": round(score, 4),
-                "box": [round(x1, 1), round(y1, 1), round(x2, 1), round(y2, 1)],
-                "box_norm": [round(x1 / w, 5), round(y1 / h, 5), round(x2 / w, 5), round(y2 / h, 5)],
-            }
-        )
+    ids = track_ids.tolist() if track_ids is not None else None
+    for k, (box, score, cls) in enumerate(zip(boxes.tolist(), scores.tolist(), class_ids.tolist())):
+        pixels, norm = _box(box, w, h)
+        det = {"class_id": int(cls), "label": labels.get(int(cls), str(cls)), "confidence": round(score, 4),
+               "box": pixels, "box_norm": norm}
+        if ids is not None:
+            det["track_id"] = ids[k] or None
+        detections.append(det)
     return {
         "schema_version": SCHEMA_VERSION,
         "device_id": device_id,
@@ -64,6 +75,49 @@ def make_record(device_id, camera_id, seq, frame, size, labels, boxes, scores, c
         "detections": detections,
         "timing_ms": {k: round(v, 3) for k, v in timing_ms.items()},
     }
+
+
+def event(device_id, camera_id, seq, change, labels, width, height, timestamp):
+    """One track event (events.schema.json) from an ``agent.track.events.Change``.
+
+    ``timestamp``: the capture time of the frame that caused it (for 'end' after a loss:
+    the frame on which the tracker gave up; ``last_seen`` says when it was last detected).
+    """
+    t = change.track
+    best, best_norm = _box(t.best_box, width, height)
+    box, box_norm = _box(t.box, width, height)
+    out = {"schema_version": SCHEMA_VERSION, "device_id": device_id, "camera_id": camera_id, "boot_id": BOOT_ID,
+           "seq": seq, "type": change.kind, "timestamp": round(timestamp, 6), "track_id": t.id,
+           "class_id": int(t.class_id), "label": labels.get(int(t.class_id), str(t.class_id)),
+           "first_seen": round(t.first_seen, 6), "last_seen": round(t.last_seen, 6),
+           "duration_s": round(max(0.0, t.last_seen - t.first_seen), 3),
+           "best_confidence": round(t.best_score, 4), "best_box": best, "best_box_norm": best_norm,
+           "box": box, "box_norm": box_norm, "image": {"width": int(width), "height": int(height)},
+           "zones": list(change.zones), "entered": change.entered, "left": change.left}
+    if change.kind == "update":
+        out["changed"] = change.changed
+        if "class" in change.changed:
+            out["previous_class_id"] = int(change.previous_class_id)
+            out["previous_label"] = labels.get(int(change.previous_class_id), str(change.previous_class_id))
+    if change.kind == "end":
+        out["reason"] = t.end_reason or "lost"
+    return out
+
+
+def counts(device_id, camera_id, current, labels, timestamp=None):
+    """A camera's current objects (counts.schema.json) from ``CameraEvents.counts``: per label, per zone."""
+    def named(classes):
+        out = {}
+        for cls, n in sorted(classes.items()):
+            label = labels.get(int(cls), str(cls))
+            out[label] = out.get(label, 0) + n
+        return out
+
+    return {"schema_version": SCHEMA_VERSION, "device_id": device_id, "camera_id": camera_id, "boot_id": BOOT_ID,
+            "timestamp": round(time.time() if timestamp is None else timestamp, 3), "total": current["total"],
+            "classes": named(current["classes"]),
+            "zones": {name: {"total": z["total"], "classes": named(z["classes"])}
+                      for name, z in sorted(current["zones"].items())}}
 
 
 def status(config, pipeline_status, started_at):

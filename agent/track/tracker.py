@@ -1,0 +1,306 @@
+"""ByteTrack-style multi-object tracking for one camera: ``Tracker.update(detections) -> TrackUpdate``.
+
+Per frame (Zhang et al., "ByteTrack", ECCV 2022, with SORT's Kalman filter):
+
+0. a detection overlapping a more confident one by IoU > 0.7 is set aside: the detector's
+   NMS is per class, and one object seen as two classes must not become two tracks;
+1. every track's box is predicted one frame ahead (``kalman``);
+2. confirmed tracks (seen last frame or lost) are matched to the high-confidence
+   detections (score >= ``high_threshold``) by IoU, the assignment solved optimally
+   (scipy's ``linear_sum_assignment``), pairs below ``match_iou`` refused. A lost
+   track's box and the detections it is compared with grow by ``lost_buffer`` of their
+   size per frame lost (at most 0.5: C-BIoU, Yang et al. 2023), so a track hidden for
+   a while finds its object again instead of a new track starting;
+3. confirmed tracks still unmatched get a second chance with the low-confidence
+   detections (``low_threshold`` <= score < ``high_threshold``; IoU >= 0.5): a partly
+   hidden object scores low but is still the same object. (ByteTrack offers this only
+   to tracks seen last frame; here lost ones take part too: on the demo videos the
+   detector sees many objects at 0.1 to 0.4 for seconds.)
+4. tentative tracks (not yet confirmed) are matched to the detections left with
+   score >= ``new_track_threshold`` (IoU >= 0.3); a tentative track that misses a
+   frame is dropped, so that short-lived false positives never become tracks;
+5. such a detection left over starts a tentative track; ``min_hits`` consecutive
+   matches confirm it and give it its id;
+6. a confirmed track that is not matched is lost; lost for more than
+   ``max_lost_frames`` it ends. While lost for at most ``coast_frames`` it is still
+   reported (at its predicted box): a missed detection or two does not end a presence.
+
+Association ignores the class (on the demo videos making it class-aware tripled the
+ID switches: the detector flips between classes); a track's class is the one with the
+highest summed confidence over its matches. The table holds at most ``max_tracks``
+tracks: when full, the longest-lost track makes room, and a detection that finds no
+room starts no track (counted in ``dropped``). The defaults were chosen on the demo
+video (seed 0): benchmarks/track_accuracy.py measures them.
+"""
+
+import numpy as np
+
+from ..errors import AgentError
+from . import kalman
+
+SECOND_PASS_IOU = 0.5  # ByteTrack's: low-confidence detections must overlap well
+TENTATIVE_IOU = 0.3  # ByteTrack's for unconfirmed tracks
+
+
+def _iou(ax1, ay1, ax2, ay2, bx1, by1, bx2, by2):
+    w = np.minimum(ax2, bx2) - np.maximum(ax1, bx1)
+    h = np.minimum(ay2, by2) - np.maximum(ay1, by1)
+    np.maximum(w, 0, out=w)
+    np.maximum(h, 0, out=h)
+    inter = w * h
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+    return inter / np.maximum(union, 1e-9)
+
+
+def iou_matrix(a, b):
+    """IoU of every box of ``a`` (N x 4 xyxy) with every box of ``b`` (M x 4): N x M."""
+    return _iou(a[:, 0:1], a[:, 1:2], a[:, 2:3], a[:, 3:4], b[:, 0], b[:, 1], b[:, 2], b[:, 3])
+
+
+def buffered_iou(a, b, buffer, out=None):
+    """IoU of ``a`` (N x 4) and ``b`` (M x 4) with both boxes of pair (i, j) grown by ``buffer[i]``
+    times their width and height on each side (C-BIoU, Yang et al. 2023: a lost track's
+    prediction is less sure, so it may meet a detection it no longer overlaps). Only the
+    rows with a buffer cost more than ``iou_matrix``; ``out``: their plain IoU, updated in place."""
+    if out is None:
+        out = iou_matrix(a, b)
+    rows = np.flatnonzero(buffer > 0)
+    if len(rows):
+        g = buffer[rows][:, None]
+        r = a[rows]
+        gw, gh = (r[:, 2:3] - r[:, 0:1]) * g, (r[:, 3:4] - r[:, 1:2]) * g
+        bw, bh = (b[:, 2] - b[:, 0]) * g, (b[:, 3] - b[:, 1]) * g  # L x M
+        out[rows] = _iou(r[:, 0:1] - gw, r[:, 1:2] - gh, r[:, 2:3] + gw, r[:, 3:4] + gh,
+                         b[:, 0] - bw, b[:, 1] - bh, b[:, 2] + bw, b[:, 3] + bh)
+    return out
+
+
+DUPLICATE_IOU = 0.7
+MAX_BUFFER = 0.5
+
+
+def _duplicates(iou, scores):
+    """Detections overlapping a more confident one by IoU > DUPLICATE_IOU (``iou``: detections x
+    detections; the detector's NMS is per class: one object seen as two classes is two
+    detections, and must not become two tracks)."""
+    stronger = scores[None, :] > scores[:, None]  # [i, j]: j is more confident than i
+    return ((iou > DUPLICATE_IOU) & stronger).any(1)
+
+
+def check_available():
+    """Raise AgentError if the tracker cannot run here (scipy missing)."""
+    _solver()
+
+
+def _solver():
+    try:
+        from scipy.optimize import linear_sum_assignment
+    except ImportError as e:
+        raise AgentError("tracking needs scipy ({}): pip install scipy, or on JetPack apt-get install "
+                         "python3-scipy; or set tracking.enabled: false".format(e))
+    return linear_sum_assignment
+
+
+class Track(object):
+    """One object followed across frames. ``id`` is 0 until the track is confirmed."""
+
+    __slots__ = ("id", "confirmed", "hits", "lost", "votes", "class_id", "score", "box", "best_score",
+                 "best_box", "first_seen", "last_seen", "end_reason")
+
+    def __init__(self, box, score, class_id, timestamp):
+        self.id = 0
+        self.confirmed = False
+        self.hits = 1
+        self.lost = 0  # frames since the last match
+        self.votes = {class_id: score}
+        self.class_id = class_id
+        self.score = score
+        self.box = box  # the matched detection's box; while coasting, the predicted one
+        self.best_score = score
+        self.best_box = box
+        self.first_seen = timestamp
+        self.last_seen = timestamp
+        self.end_reason = None  # lost | evicted | stopped, once ended
+
+    def _hit(self, box, score, class_id, timestamp):
+        self.hits += 1
+        self.lost = 0
+        self.box = box
+        self.score = score
+        self.last_seen = timestamp
+        votes = self.votes
+        votes[class_id] = votes.get(class_id, 0.0) + score
+        if class_id != self.class_id and votes[class_id] > votes[self.class_id]:
+            self.class_id = class_id
+        if score > self.best_score:
+            self.best_score, self.best_box = score, box
+
+
+class TrackUpdate(object):
+    """What one ``Tracker.update`` found.
+
+    ``track_ids``: per input detection, its confirmed track's id or 0; ``tracks``: the
+    confirmed tracks in view (matched now, or lost for at most ``coast_frames``);
+    ``ended``: confirmed tracks that ended in this update (``end_reason`` set).
+    """
+
+    __slots__ = ("track_ids", "tracks", "ended")
+
+    def __init__(self, track_ids, tracks, ended):
+        self.track_ids, self.tracks, self.ended = track_ids, tracks, ended
+
+
+class Tracker(object):
+    """The tracks of one camera; ``settings`` is a ``config.TrackingConfig``. Raises AgentError without scipy."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self._assign = _solver()
+        self.tracks = []
+        self._means = np.zeros((0, 8))
+        self._covs = np.zeros((0, 3, 4))
+        self._next_id = 1
+        self.frames = 0
+        self.dropped = 0  # detections that found no room in the table
+
+    def update(self, boxes, scores, class_ids, timestamp):
+        """Track one frame's detections (N x 4 xyxy pixels, N scores, N class ids)."""
+        s = self.settings
+        self.frames += 1
+        tracks = self.tracks
+        n, m = len(tracks), len(scores)
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(m, 4)
+        scores = np.asarray(scores, dtype=np.float64)
+        det_of = np.full(n, -1, np.int64)
+        pred = None
+        if n:
+            self._means, self._covs = kalman.predict(self._means, self._covs)
+            pred = kalman.xyah_to_xyxy(self._means[:, :4])
+        if not m:
+            used = np.zeros(0, bool)
+        elif not n:
+            used = _duplicates(iou_matrix(boxes, boxes), scores)
+        else:
+            # One IoU call: tracks x detections above, detections x detections below.
+            both = iou_matrix(np.concatenate([pred, boxes]), boxes)
+            iou, used = both[:n], _duplicates(both[n:], scores)
+            lost = np.array([t.lost for t in tracks], np.float64)
+            if s.lost_buffer > 0 and lost.any():
+                buffered_iou(pred, boxes, np.minimum(lost * s.lost_buffer, MAX_BUFFER), out=iou)
+            high = scores >= s.high_threshold
+            low = ~high & (scores >= s.low_threshold)
+            confirmed = np.array([t.confirmed for t in tracks])
+            self._match(iou, confirmed, high & ~used, s.match_iou, det_of, used)
+            self._match(iou, confirmed & (det_of < 0), low & ~used, max(s.match_iou, SECOND_PASS_IOU), det_of, used)
+            self._match(iou, ~confirmed, (scores >= s.new_track_threshold) & ~used,
+                        max(s.match_iou, TENTATIVE_IOU), det_of, used)
+        track_ids = np.zeros(m, np.int64)
+        matched = np.flatnonzero(det_of >= 0)
+        if len(matched):
+            di = det_of[matched]
+            self._means[matched], self._covs[matched] = kalman.update(
+                self._means[matched], self._covs[matched], kalman.xyxy_to_xyah(boxes[di]))
+            box_list, score_list, class_list = boxes[di].tolist(), scores[di].tolist(), np.asarray(class_ids)[di].tolist()
+            for k, i in enumerate(matched.tolist()):
+                t = tracks[i]
+                t._hit(box_list[k], score_list[k], class_list[k], timestamp)
+                if not t.confirmed and t.hits >= s.min_hits:
+                    self._confirm(t)
+                track_ids[di[k]] = t.id
+        ended = self._age(det_of, pred)
+        self._start(boxes, scores, class_ids, used, track_ids, timestamp, ended)
+        coast = s.coast_frames
+        return TrackUpdate(track_ids, [t for t in self.tracks if t.confirmed and t.lost <= coast], ended)
+
+    def close(self):
+        """End every confirmed track (``end_reason`` 'stopped'); returns them. The table is empty after."""
+        ended = [t for t in self.tracks if t.confirmed]
+        for t in ended:
+            t.end_reason = "stopped"
+        self.tracks = []
+        self._means, self._covs = self._means[:0], self._covs[:0]
+        return ended
+
+    # --- steps -----------------------------------------------------------------------------
+
+    def _match(self, iou, rows, cols, min_iou, det_of, used):
+        """Assign ``rows`` (a track mask) to ``cols`` (a detection mask) maximizing IoU; pairs below ``min_iou`` refused."""
+        rows, cols = np.flatnonzero(rows), np.flatnonzero(cols)
+        if not len(rows) or not len(cols):
+            return
+        sub = iou[np.ix_(rows, cols)]
+        sub[sub < min_iou] = 0.0  # a refused pair must not pull the optimum away from good ones
+        r, c = self._assign(-sub)  # a minimum cost; ``maximize=`` is newer than JetPack 4's scipy 0.19
+        ok = sub[r, c] > 0.0
+        det_of[rows[r[ok]]] = cols[c[ok]]
+        used[cols[c[ok]]] = True
+
+    def _confirm(self, track):
+        track.confirmed = True
+        track.id = self._next_id
+        self._next_id += 1
+
+    def _age(self, det_of, pred):
+        """Unmatched tracks: tentative ones are dropped, confirmed ones lost, then ended; returns the ended."""
+        s = self.settings
+        keep = None
+        ended = []
+        for i in np.flatnonzero(det_of < 0).tolist():
+            t = self.tracks[i]
+            t.lost += 1
+            t.box = pred[i].tolist()
+            if not t.confirmed or t.lost > s.max_lost_frames:
+                if keep is None:
+                    keep = np.ones(len(self.tracks), bool)
+                keep[i] = False
+                if t.confirmed:
+                    t.end_reason = "lost"
+                    ended.append(t)
+        if keep is not None:
+            self._compact(keep)
+        return ended
+
+    def _start(self, boxes, scores, class_ids, used, track_ids, timestamp, ended):
+        """New tentative tracks from the confident detections left over (as room allows)."""
+        s = self.settings
+        new = np.flatnonzero(~used & (scores >= s.new_track_threshold))
+        if not len(new):
+            return
+        room = s.max_tracks - len(self.tracks)
+        if room < len(new):
+            room += self._evict(len(new) - room, ended)
+            if room < len(new):
+                self.dropped += len(new) - room
+                new = new[:max(room, 0)]
+                if not len(new):
+                    return
+        means, covs = kalman.initiate(kalman.xyxy_to_xyah(boxes[new]))
+        self._means = np.concatenate([self._means, means])
+        self._covs = np.concatenate([self._covs, covs])
+        class_list = np.asarray(class_ids)[new].tolist()
+        for k, (box, score) in enumerate(zip(boxes[new].tolist(), scores[new].tolist())):
+            t = Track(box, score, class_list[k], timestamp)
+            self.tracks.append(t)
+            if s.min_hits <= 1:
+                self._confirm(t)
+                track_ids[new[k]] = t.id
+
+    def _evict(self, wanted, ended):
+        """Make room for up to ``wanted`` tracks by ending the longest-lost ones; returns how many went."""
+        lost = sorted((i for i, t in enumerate(self.tracks) if t.lost), key=lambda i: -self.tracks[i].lost)[:wanted]
+        if not lost:
+            return 0
+        keep = np.ones(len(self.tracks), bool)
+        keep[lost] = False
+        for i in lost:
+            t = self.tracks[i]
+            if t.confirmed:
+                t.end_reason = "evicted"
+                ended.append(t)
+        self._compact(keep)
+        return len(lost)
+
+    def _compact(self, keep):
+        self.tracks = [t for t, k in zip(self.tracks, keep.tolist()) if k]
+        self._means, self._covs = self._means[keep], self._covs[keep]
+

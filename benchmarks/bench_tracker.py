@@ -1,0 +1,83 @@
+"""What tracking costs per frame: ``Tracker.update`` with N objects in view (default 50).
+
+    python benchmarks/bench_tracker.py                 # 50 objects, 2000 frames
+    python benchmarks/bench_tracker.py --objects 200
+
+Synthetic scene: N boxes moving at constant velocity and bouncing off the frame edges,
+each detected with probability 0.9 at a jittered box and a random score in [0.1, 1]
+(so all three association passes run), plus a few false positives per frame. After a
+warm-up (every track confirmed), it times each update and prints p50, p95 and mean in
+milliseconds of wall time, the mean in CPU time of the thread (what the update itself
+costs when other processes compete for the cores), and the number of tracks in view. The agent's defaults are used
+(``tracking`` in agent/config.py). The budget (issue 17): <= 0.3 ms per frame at 50 objects.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from agent.config import TrackingConfig  # noqa: E402
+from agent.track.tracker import Tracker  # noqa: E402
+
+
+def scene(rng, objects, frames, width=1920, height=1080):
+    """Per frame (boxes, scores, class ids) of ``objects`` movers plus clutter."""
+    pos = rng.uniform([0, 0], [width, height], (objects, 2))
+    vel = rng.uniform(-6, 6, (objects, 2))
+    size = rng.uniform(20, 60, (objects, 2))
+    cls = rng.integers(0, 5, objects)
+    out = []
+    for _ in range(frames):
+        pos += vel
+        for axis, limit in ((0, width), (1, height)):
+            bounce = (pos[:, axis] < 0) | (pos[:, axis] > limit)
+            vel[bounce, axis] *= -1
+        seen = rng.random(objects) < 0.9
+        centre = pos[seen] + rng.normal(0, 1.5, (seen.sum(), 2))
+        half = size[seen] / 2
+        boxes = np.concatenate([centre - half, centre + half], 1)
+        clutter = rng.uniform([0, 0], [width, height], (3, 2))
+        boxes = np.concatenate([boxes, np.concatenate([clutter, clutter + 30], 1)])
+        scores = rng.uniform(0.1, 1.0, len(boxes))
+        out.append((boxes.astype(np.float32), scores.astype(np.float32),
+                    np.concatenate([cls[seen], rng.integers(0, 5, 3)]).astype(np.int32)))
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--objects", type=int, default=50)
+    ap.add_argument("--frames", type=int, default=2000)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    frames = scene(np.random.default_rng(args.seed), args.objects, args.frames + args.warmup)
+    tracker = Tracker(TrackingConfig())
+    times, cpu, in_view = [], [], []
+    for i, (b, s, c) in enumerate(frames):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        up = tracker.update(b, s, c, i / 30.0)
+        dt, dc = time.perf_counter() - t0, time.thread_time() - c0
+        if i >= args.warmup:
+            times.append(dt * 1000.0)
+            cpu.append(dc * 1000.0)
+            in_view.append(len(up.tracks))
+    t = np.array(times)
+    result = {"objects": args.objects, "frames": len(t), "p50_ms": round(float(np.percentile(t, 50)), 4),
+              "p95_ms": round(float(np.percentile(t, 95)), 4), "mean_ms": round(float(t.mean()), 4),
+              "cpu_mean_ms": round(float(np.mean(cpu)), 4), "load_average_1m": round(os.getloadavg()[0], 2),
+              "tracks_in_view_mean": round(float(np.mean(in_view)), 1), "table_size": len(tracker.tracks)}
+    print("tracking {objects} objects: p50 {p50_ms:.3f} ms  p95 {p95_ms:.3f} ms  mean {mean_ms:.3f} ms per frame, "
+          "CPU {cpu_mean_ms:.3f} ms ({tracks_in_view_mean} tracks in view; load average {load_average_1m})".format(**result))
+    print(json.dumps(result, sort_keys=True))
+    return result
+
+
+if __name__ == "__main__":
+    main()
