@@ -22,10 +22,10 @@ Algorithm: three exact strategies, picked by how the boxes look.
 * OpenCV (``cv2.dnn.NMSBoxes``, OpenCV >= 4.7, whose ``NMSBoxesBatched`` marks the
   float-exact bindings) for detector output, clusters of boxes around each object,
   and for small sets: its C++ loop compares a box with the kept ones only until one
-  suppresses it. We give it the boxes in our rank order (scores replaced by the rank,
-  so that its own sort keeps our tie and NaN rules) and one call per class, so a box
-  is compared with the kept boxes of its own class only (NMSBoxesBatched compares it
-  with every kept box, offset away). Boxes without area skip it (rule above).
+  suppresses it, and its stable sort by score keeps our tie rule. One call per class,
+  so a box is compared with the kept boxes of its own class only (NMSBoxesBatched
+  compares it with every kept box, offset away). Boxes without area skip it (rule
+  above); scores <= 0 or NaN are replaced by their rank (OpenCV takes only positive).
 
 Sparse boxes (most of them kept, where OpenCV's loop grows as boxes x kept) and
 OpenCV before 4.7 (JetPack's 4.1.1 and 4.5.4) get the numpy strategies:
@@ -217,37 +217,49 @@ _NMS_BOXES = _nms_boxes()
 _SMALL = 256  # boxes below which OpenCV's loop wins whatever their layout
 
 
-def _clustered(b, cls, iou_threshold):
+def _clustered(boxes, scores, cls, iou_threshold):
     """True when the best _BATCH boxes suppress each other (detector output), not when they are
-    spread out with most of them kept, where OpenCV's kept-list loop grows as n x kept."""
-    w, h = b[:_BATCH, 2] - b[:_BATCH, 0], b[:_BATCH, 3] - b[:_BATCH, 1]
+    spread out with most of them kept, where OpenCV's kept-list loop grows as n x kept. Only
+    picks a strategy (both are exact): the best boxes need not be in exact rank order."""
+    head = np.argpartition(-scores, _BATCH - 1)[:_BATCH] if len(scores) > _BATCH else np.arange(len(scores))
+    head = head[np.argsort(-scores[head], kind="stable")]
+    b = boxes[head]
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
     area = np.where((w > 0) & (h > 0), w * h, 0.0)
-    head = np.arange(min(_BATCH, len(b)))
-    removed = _resolve(_suppresses(b, area, cls, np.float32(iou_threshold), head, head))
+    rank = np.arange(len(head))
+    removed = _resolve(_suppresses(b, area, None if cls is None else cls[head], np.float32(iou_threshold),
+                                   rank, rank))
     return removed.sum() >= _SPARSE * len(head)
 
 
-def _opencv(b, cls, iou_threshold):
-    """Kept ranks of rank-ordered boxes ``b``, by cv2.dnn.NMSBoxes (one call per class)."""
-    n = len(b)
-    rects = b.copy()
+def _opencv(boxes, scores, cls, iou_threshold):
+    """Kept indices, best first, by cv2.dnn.NMSBoxes (one call per class).
+
+    OpenCV sorts by score with a stable sort, so ties keep the lower index first, as here.
+    It only takes scores above a threshold >= 0: other scores (<= 0, NaN) are replaced by
+    their descending rank in our order, which its sort then keeps.
+    """
+    if not scores.min() > 0:  # also false with a NaN
+        ranks = np.empty(len(scores), np.float32)
+        ranks[np.argsort(-scores, kind="stable")] = np.arange(len(scores), 0, -1)
+        scores = ranks
+    rects = boxes.copy()
     rects[:, 2:] -= rects[:, :2]  # x, y, w, h: w is exact for float32 corners, so x + w == x2
-    # Descending ranks as scores: OpenCV's stable sort then keeps our order, ties and NaNs included.
-    ranks = np.arange(n, 0, -1, dtype=np.float32)
     valid = (rects[:, 2] > 0) & (rects[:, 3] > 0)
     everyone = bool(valid.all())
-    thr = float(iou_threshold)
+    thr, low = float(iou_threshold), 0.0  # OpenCV keeps score > low: every one here
     if cls is None and everyone:  # the common case, in one call
-        return np.asarray(_NMS_BOXES(rects.tolist(), ranks, 0.0, thr), np.intp).reshape(-1)
+        return np.asarray(_NMS_BOXES(rects.tolist(), scores, low, thr), np.int64).reshape(-1)
     groups = [np.flatnonzero(valid)] if cls is None else _class_groups(cls, valid)
-    kept = [g[np.asarray(_NMS_BOXES(rects[g].tolist(), ranks[g], 0.0, thr), np.intp).reshape(-1)] for g in groups]
+    kept = [g[np.asarray(_NMS_BOXES(rects[g].tolist(), scores[g], low, thr), np.intp).reshape(-1)] for g in groups]
     if not everyone:
         kept.append(np.flatnonzero(~valid))  # never suppressed
-    return np.sort(np.concatenate(kept))
+    kept = np.concatenate(kept)
+    return kept[np.lexsort((kept, -scores[kept]))].astype(np.int64)
 
 
 def _class_groups(cls, valid):
-    """Rank indices of the valid boxes, one array per class."""
+    """Indices of the valid boxes, one array per class (each in index order)."""
     idx = np.flatnonzero(valid)
     by_class = idx[np.argsort(cls[idx], kind="stable")]
     cuts = np.flatnonzero(cls[by_class][1:] != cls[by_class][:-1]) + 1
@@ -284,17 +296,18 @@ def nms(boxes, scores, iou_threshold, class_ids=None, class_agnostic=False, max_
         raise ValueError("nms: {} boxes but {} scores".format(n, len(scores)))
     if n == 0 or (max_detections is not None and max_detections <= 0):
         return np.empty(0, np.int64)
-    order = np.argsort(-scores, kind="stable")
     cls = None
     if class_ids is not None and not class_agnostic:
         class_ids = np.asarray(class_ids).reshape(-1)
         if len(class_ids) != n:
             raise ValueError("nms: {} boxes but {} class ids".format(n, len(class_ids)))
-        cls = class_ids[order].astype(np.int64)
+        cls = class_ids.astype(np.int64)
     limit = n if max_detections is None else int(max_detections)
+    if _NMS_BOXES is not None and (n <= _SMALL or _clustered(boxes, scores, cls, iou_threshold)):
+        return _opencv(boxes, scores, cls, iou_threshold)[:limit]
+    order = np.argsort(-scores, kind="stable")
+    cls = None if cls is None else cls[order]
     b = boxes[order]
-    if _NMS_BOXES is not None and (n <= _SMALL or _clustered(b, cls, iou_threshold)):
-        return order[_opencv(b, cls, iou_threshold)[:limit]].astype(np.int64)
     sweep = _sweep_order(b, cls)
     if sweep[2][-1] <= _DENSE * n:  # few boxes meet in x: the sweep has little to compare
         keep = _sweep(b, cls, iou_threshold, sweep)
