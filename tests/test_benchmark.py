@@ -73,6 +73,12 @@ def test_accurate_is_more_accurate_and_fast_is_faster(tradeoff):
         assert entry["peak_rss_mb"] > 50
         assert entry["latency"]["warmup"]["frames"] == 3 and len(entry["latency"]["warmup"]["total_ms"]) == 3
         assert entry["latency"]["frames"] == 40
+        # The baseline is the fastest bare session.run over ONNX Runtime's thread settings, its
+        # default included, and says which one it was.
+        settings = entry["baseline"]["settings"]
+        assert [s["setting"] for s in settings][0] == "default" and len(settings) == 1 + 2 * (os.cpu_count() or 1)
+        assert entry["baseline"]["fps"] == max(s["fps"] for s in settings)
+        assert entry["baseline"]["setting"] in {s["setting"] for s in settings}
         # The pipeline cannot beat the bare runtime by much (noise on a shared 2-core box aside).
         assert 0 < entry["overhead"]["fps_ratio"] < 2.0
         assert entry["overhead"]["latency_ratio"] > 0.8
