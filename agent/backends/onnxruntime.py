@@ -2,6 +2,7 @@
 
 import logging
 import os
+import time
 
 import numpy as np
 
@@ -36,7 +37,9 @@ class OnnxRuntimeBackend(Backend):
         ``frames_in_flight`` > 1, a *narrow* single-threaded one that several inference
         threads call at once (ONNX Runtime's ``run`` is thread-safe), one frame per core,
         the throughput case: single-threaded runs do not wait on each other's operators,
-        so two of them get more out of two cores than one run on both.
+        so two of them get more out of two cores than one run on both. A frame alone goes
+        to whichever of the two has been faster alone lately (``_Pick``): on a busy box
+        the spinning wide session can take twice as long as the narrow one.
         """
         super(OnnxRuntimeBackend, self).__init__()
         try:
@@ -50,6 +53,7 @@ class OnnxRuntimeBackend(Backend):
         self.concurrency = getattr(config, "frames_in_flight", 0) or default_frames_in_flight()
         self.session = self._session(ort, model_path, threads, spinning)
         self._narrow = self._session(ort, model_path, 1, False) if self.concurrency > 1 else self.session
+        self._pick = _Pick(self.session, self._narrow)
         self.model_path = model_path
         self.threads = threads or (os.cpu_count() or 1)
         self.inputs = [TensorSpec(i.name, tuple(i.shape), _dtype(i.type)) for i in self.session.get_inputs()]
@@ -67,6 +71,7 @@ class OnnxRuntimeBackend(Backend):
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self._input_name = self.inputs[0].name
         self._output_names = [o.name for o in self.outputs]
+        self._warm_up()
         log.info("loaded %s with onnxruntime %s (%s intra-op threads, spinning %s; %d frame(s) in flight)",
                  model_path, ort.__version__, threads or "default", "on" if spinning else "off", self.concurrency)
 
@@ -86,14 +91,56 @@ class OnnxRuntimeBackend(Backend):
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelError("{}: cannot load model: {}".format(model_path, first[:300]))
 
+    def _warm_up(self):
+        """One run of each session: ONNX Runtime allocates and plans on the first run, which
+        would otherwise be the first frame's latency and skew the choice of session."""
+        blob = np.zeros(self.inputs[0].shape, self.inputs[0].dtype)
+        for session in self._pick.sessions:
+            try:
+                session.run(self._output_names, {self._input_name: blob})
+            except Exception as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ModelError("{}: cannot run the model: {}".format(self.model_path, first[:300]))
+
     def infer(self, blob, parallel=False):
         """``parallel``: other frames are being inferred at the same time (the narrow session)."""
-        session = self._narrow if parallel else self.session
-        values = session.run(self._output_names, {self._input_name: blob})
+        feed = {self._input_name: blob}
+        if parallel:
+            values = self._narrow.run(self._output_names, feed)
+        else:
+            session = self._pick.session()
+            t0 = time.perf_counter()
+            values = session.run(self._output_names, feed)
+            self._pick.took(session, time.perf_counter() - t0)
         return dict(zip(self._output_names, values))
 
     def close(self):
         self.session = self._narrow = None
+
+
+class _Pick(object):
+    """Which session runs a frame alone: the one with the lower moving average of its recent
+    lone runs; every EXPLORE-th lone frame goes to the other, so a change in load (another
+    process taking a core away from the spinning wide session) is noticed."""
+
+    EXPLORE = 50
+
+    def __init__(self, wide, narrow):
+        self.sessions = [wide] if narrow is wide else [wide, narrow]
+        self.mean = [None] * len(self.sessions)
+        self.count = 0
+
+    def session(self):
+        self.count += 1
+        if None in self.mean:
+            return self.sessions[self.mean.index(None)]
+        best = self.mean.index(min(self.mean))
+        return self.sessions[1 - best if self.count % self.EXPLORE == 0 else best]
+
+    def took(self, session, seconds):
+        k = self.sessions.index(session)
+        m = self.mean[k]
+        self.mean[k] = seconds if m is None else 0.7 * m + 0.3 * seconds
 
 
 def _imgsz(session):

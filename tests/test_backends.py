@@ -1,0 +1,47 @@
+"""The ONNX Runtime backend's two sessions: a frame alone goes to the one that has been faster alone."""
+
+import numpy as np
+
+from agent.backends.onnxruntime import OnnxRuntimeBackend, _Pick
+from agent.config import OnnxRuntimeConfig
+from conftest import ROOT
+
+
+def test_pick_measures_both_then_takes_the_faster_and_follows_a_change_of_load():
+    wide, narrow = "wide", "narrow"  # the picker only compares and returns them
+    pick = _Pick(wide, narrow)
+    first, second = pick.session(), None
+    pick.took(first, 0.005)
+    second = pick.session()
+    assert {first, second} == {wide, narrow}  # each is tried once before any choice
+    pick.took(second, 0.009)
+    chosen = [pick.session() for _ in range(2 * _Pick.EXPLORE)]
+    assert chosen.count(narrow) == 2 and chosen.count(wide) == 2 * _Pick.EXPLORE - 2  # explores now and then
+    # Load arrives: the wide session's lone runs slow down to 16 ms; the narrow one wins within a few frames.
+    for _ in range(10):
+        s = pick.session()
+        pick.took(s, 0.016 if s == wide else 0.009)
+    assert pick.session() == narrow
+
+
+def test_one_session_when_one_frame_in_flight():
+    pick = _Pick("only", "only")
+    assert [pick.session() for _ in range(3)] == ["only"] * 3
+
+
+def test_real_backend_runs_alone_and_side_by_side_with_the_same_outputs():
+    model = ROOT + "/models/demo-fast.onnx"
+    backend = OnnxRuntimeBackend(model, OnnxRuntimeConfig(frames_in_flight=2))
+    try:
+        assert backend.concurrency == 2 and len(backend._pick.sessions) == 2
+        blob = np.random.default_rng(0).random((1, 3, 320, 320), dtype=np.float32)
+        alone = [backend.infer(blob)["output0"] for _ in range(3)]
+        side = backend.infer(blob, parallel=True)["output0"]
+        assert None not in backend._pick.mean  # both sessions measured alone
+        for out in alone:
+            np.testing.assert_allclose(out, side, rtol=1e-4, atol=1e-3)
+    finally:
+        backend.close()
+    single = OnnxRuntimeBackend(model, OnnxRuntimeConfig(frames_in_flight=1))
+    assert single.concurrency == 1 and single._narrow is single.session
+    single.close()
