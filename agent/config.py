@@ -156,6 +156,8 @@ class TrackingConfig:
     max_lost_frames: int = _opt(90, NON_NEGATIVE)  # a lost track ends after this many frames unmatched
     coast_frames: int = _opt(2, NON_NEGATIVE)  # a lost track still counts as in view this many frames
     max_tracks: int = _opt(256, (lambda v: 1 <= v <= 100000, "in [1, 100000]"))  # per camera
+    appearance_weight: float = _opt(0.5, NON_NEGATIVE)  # colour distance's weight against IoU; 0: motion alone
+    appearance_gate: float = _opt(0.3, UNIT)  # a track and a detection further apart in colour never match
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ with the defaults is byte for byte the demo video. The detector is the agent's o
 pipeline applies it); its detections are cached per model and threshold in the same
 folder, so that trying tracker settings takes seconds. The tracker is the agent's
 (agent.track.tracker) at the configured thresholds (the shipped defaults unless
---config or --set say otherwise), and what it reports per frame is what the agent's
+--config or --set say otherwise), given each decoded frame with its detections (as the
+pipeline gives it the camera's frame) for its colour cue, or not (--no-images: motion
+alone); what it reports per frame is what the agent's
 counts and events come from: the confirmed tracks in view, coasting ones at their
 predicted box.
 
@@ -130,8 +132,9 @@ def evaluate(mm, truth, hypotheses, name):
     return {k: float(row[k].iloc[0]) for k in METRICS}
 
 
-def measure(config, seed=0, frames=600, root=None):
-    """The result dict of ``config``'s size on the video of ``seed`` (see the module docstring)."""
+def measure(config, seed=0, frames=600, root=None, images=True):
+    """The result dict of ``config``'s size on the video of ``seed`` (see the module docstring);
+    ``images`` False: the tracker without the frames (motion alone)."""
     video, gt_path = render(seed, frames, root)
     truth = ground_truth(gt_path)
     dets = detections(config, video, os.path.dirname(video))
@@ -142,7 +145,7 @@ def measure(config, seed=0, frames=600, root=None):
     raw = [(list(range(1000 * i, 1000 * i + int((s >= conf).sum()))), b[s >= conf]) for i, (b, s, c) in enumerate(dets)]
     base = evaluate(mm, truth, raw, "detector")
     bound = 1.0 - (base["num_misses"] + base["num_false_positives"]) / base["num_objects"]
-    hyps, ms = run(config, truth, dets)
+    hyps, ms = run(config, dets, video if images else None)
     res = evaluate(mm, truth, hyps, "tracker")
     gt_tracks = int(res["num_unique_objects"])
     return {"size": config.size, "seed": seed, "frames": len(truth), "gt_tracks": gt_tracks,
@@ -154,18 +157,40 @@ def measure(config, seed=0, frames=600, root=None):
             "motp_1_minus_iou": round(res["motp"], 4), "tracker_ms_per_frame": round(ms, 3),
             "detector_only": {"conf_threshold": conf, "fp": int(base["num_false_positives"]),
                               "fn": int(base["num_misses"]), "mota_bound": round(bound, 4)},
-            "tracking": dict(config.tracking.__dict__)}
+            "images": bool(images), "tracking": dict(config.tracking.__dict__)}
 
 
-def run(config, truth, dets):
-    """Hypotheses per frame from the tracker, and its mean cost per frame in ms."""
+def images(video):
+    """The video's frames (BGR), decoded one at a time."""
+    import cv2
+
+    cap = cv2.VideoCapture(video)
+    try:
+        while True:
+            ok, image = cap.read()
+            if not ok:
+                return
+            yield image
+    finally:
+        cap.release()
+
+
+def run(config, dets, video=None):
+    """Hypotheses per frame from the tracker (fed ``video``'s frames alongside the detections, for
+    its appearance cue; none without ``video``), and its mean cost per frame in ms (the updates only)."""
     tracker = Tracker(config.tracking)
     hyps = []
-    t0 = time.perf_counter()
+    frames = images(video) if video else iter(())
+    spent = 0.0
     for i, (b, s, c) in enumerate(dets):
-        up = tracker.update(b, s, c, i / 30.0)
+        image = next(frames, None)
+        if video and image is None:
+            raise RuntimeError("{}: {} frames decoded, {} with detections".format(video, i, len(dets)))
+        t0 = time.perf_counter()
+        up = tracker.update(b, s, c, i / 30.0, image)
+        spent += time.perf_counter() - t0
         hyps.append(([t.id for t in up.tracks], [t.box for t in up.tracks]))
-    return hyps, (time.perf_counter() - t0) * 1000.0 / max(1, len(dets))
+    return hyps, spent * 1000.0 / max(1, len(dets))
 
 
 def parse_set(items):
@@ -190,12 +215,14 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=600, help="frames to render (default 600, the demo's)")
     ap.add_argument("--config", help="agent config file (default: the embedded defaults)")
     ap.add_argument("--set", action="append", default=[], help="override a config key: tracking.min_hits=3")
+    ap.add_argument("--no-images", action="store_true",
+                    help="track without the frames (no appearance cue: motion alone)")
     ap.add_argument("--json", help="also write the result to this file")
     args = ap.parse_args(argv)
     overrides = parse_set(args.set)
     overrides["size"] = args.size
     config = load_config(args.config, overrides, environ={})
-    result = measure(config, args.seed, args.frames)
+    result = measure(config, args.seed, args.frames, images=not args.no_images)
     print("{size} seed {seed}: MOTA {mota:.3f}  IDF1 {idf1:.3f}  ID switches {id_switches} "
           "({id_switches_per_100_gt_tracks} per 100 GT tracks, {gt_tracks} GT tracks)  FP {fp}  FN {fn}  "
           "of {gt_boxes}".format(**result))

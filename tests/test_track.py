@@ -3,6 +3,7 @@
 import json
 import os
 
+import cv2
 import jsonschema
 import numpy as np
 import pytest
@@ -110,6 +111,53 @@ def test_two_crossing_objects_keep_their_ids():
     first = {int(c): int(t) for c, t in zip(frame((box(0, 0), 1, 0), (box(0, 0), 1, 1))[2], ups[3].track_ids)}
     last = {int(c): int(t) for c, t in zip(frame((box(0, 0), 1, 0), (box(0, 0), 1, 1))[2], ups[-1].track_ids)}
     assert first == last and sorted(first.values()) == [1, 2]
+
+
+def crossing(with_images):
+    """A red disc moving right and a blue one moving left meet (the blue passes in front and
+    hides the red for a few frames), then both turn back: per frame, the track ids of
+    (red, blue) (None: not detected), the frames drawn by cv2 and given to the tracker or not."""
+    tracker = Tracker(TrackingConfig())
+    out = []
+    for i in range(60):
+        t = i if i < 25 else 50 - i  # both turn back at frame 25
+        xs = (100 + 6 * t, 400 - 6 * t)
+        image = np.full((300, 600, 3), 90, np.uint8)
+        for x, colour in zip(xs, ((0, 0, 255), (255, 0, 0))):
+            cv2.circle(image, (x, 150), 30, colour, -1)  # blue drawn last: in front
+        hidden = abs(xs[0] - xs[1]) < 30  # the red is mostly behind the blue: not detected
+        seen = [k for k in (0, 1) if not (k == 0 and hidden)]
+        boxes, scores, classes = frame(*[(box(xs[k], 150, 60, 60), 0.9, 0) for k in seen])
+        up = tracker.update(boxes, scores, classes, i / 30.0, image if with_images else None)
+        ids = dict(zip(seen, up.track_ids.tolist()))
+        out.append((ids.get(0), ids.get(1)))
+    return out
+
+
+def test_crossing_objects_of_different_colours_keep_their_ids_with_the_appearance_cue():
+    """Motion alone hands each track to the other disc when they turn back behind one another (the
+    Kalman filter expects them to go on); their colours tell them apart."""
+    before = crossing(True)[10]
+    assert before == (1, 2)
+    motion = crossing(False)
+    assert motion[10] == before and motion[-1] == (2, 1)  # without the frames: swapped for good
+    cued = crossing(True)
+    assert cued[-1] == before
+    apart = [ids for i, ids in enumerate(cued) if i >= 3 and not (21 <= i <= 29)]  # boxes overlapping no other
+    assert apart and all(ids == before for ids in apart), cued
+
+
+@pytest.mark.parametrize("key, value, why", [("appearance_gate", 1.5, "in [0, 1]"), ("appearance_weight", -1, ">= 0")])
+def test_bad_appearance_settings_are_named(key, value, why):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, {"tracking": {key: value}}, environ={})
+    assert "tracking." + key in str(e.value) and why in str(e.value)
+
+
+def test_appearance_weight_zero_is_motion_alone():
+    tracker = Tracker(TrackingConfig(appearance_weight=0.0))
+    assert tracker.update(*frame((box(100, 100), 0.9, 0)), 0.0, np.zeros((300, 600, 3), np.uint8)).track_ids.tolist() == [0]
+    assert not tracker._coloured.any()  # no colour read at all
 
 
 def test_false_positives_and_duplicates_never_become_tracks():

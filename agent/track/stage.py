@@ -55,13 +55,14 @@ class CameraTracking(object):
         self.lock = threading.Lock()
         self.closed = False
 
-    def step(self, found, timestamp, width, height, conf_threshold):
-        """Track one frame's Detections; detections below ``conf_threshold`` feed the tracker only."""
+    def step(self, found, timestamp, width, height, conf_threshold, image=None):
+        """Track one frame's Detections; detections below ``conf_threshold`` feed the tracker only.
+        ``image``: the frame, for the tracker's appearance cue."""
         with self.lock:
             if self.closed:
                 keep = found.scores >= conf_threshold
                 return Step(keep, np.zeros(int(keep.sum()), np.int64), [], False)
-            up = self.tracker.update(found.boxes, found.scores, found.class_ids, timestamp)
+            up = self.tracker.update(found.boxes, found.scores, found.class_ids, timestamp, image)
             changes, counts_changed = self.events.update(up.tracks, up.ended, width, height)
             keep = found.scores >= conf_threshold
             return Step(keep, up.track_ids[keep], changes, counts_changed)
@@ -122,7 +123,7 @@ class TrackingStage(object):
             try:
                 if state.tracking is None:
                     state.tracking = CameraTracking(config.tracking, camera.cam.zones)
-                step = state.tracking.step(found, frame.timestamp, w, h, conf)
+                step = state.tracking.step(found, frame.timestamp, w, h, conf, frame.image)
             except Exception:  # a tracker bug must not stop the detections: this camera goes on untracked
                 log.exception("%s: tracking failed; the camera continues without it", camera.id)
                 state.retired = True

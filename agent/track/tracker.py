@@ -2,41 +2,55 @@
 
 Per frame (Zhang et al., "ByteTrack", ECCV 2022, with SORT's Kalman filter):
 
-0. a detection overlapping a more confident one by IoU > 0.7 is set aside: the detector's
-   NMS is per class, and one object seen as two classes must not become two tracks;
+0. given the frame (``update(..., image)``) and ``appearance_weight`` > 0, each detection's
+   colour is read (``appearance``: the median of 9 pixels mid-box); one overlapping no
+   other detection is "clean" (its colour is its own, not an occluder's). A detection
+   overlapping a more confident one by IoU > 0.7 is set aside: the detector's NMS is
+   per class, and one object seen as two classes must not become two tracks;
 1. every track's box is predicted one frame ahead (``kalman``);
 2. confirmed tracks (seen last frame or lost) are matched to the high-confidence
    detections (score >= ``high_threshold``) by IoU, the assignment solved optimally
-   (scipy's ``linear_sum_assignment``), pairs below ``match_iou`` refused. A lost
-   track's box and the detections it is compared with grow by ``lost_buffer`` of their
-   size per frame lost (at most 0.5: C-BIoU, Yang et al. 2023), so a track hidden for
-   a while finds its object again instead of a new track starting;
+   (scipy's ``linear_sum_assignment``), pairs below ``match_iou`` refused. With colours
+   (DeepSORT and BoT-SORT fuse a re-identification embedding with motion alike), a
+   clean detection scores its IoU less ``appearance_weight`` x its colour distance to
+   the track, and is refused beyond ``appearance_gate``: after two objects cross, the
+   Kalman prediction no longer hands each track the other. A lost track's box and the
+   detections it is compared with grow by ``lost_buffer`` of their size per frame lost
+   (at most 0.5: C-BIoU, Yang et al. 2023), so a track hidden for a while finds its
+   object again instead of a new track starting;
 3. confirmed tracks still unmatched get a second chance with the low-confidence
    detections (``low_threshold`` <= score < ``high_threshold``; IoU >= 0.5): a partly
    hidden object scores low but is still the same object. (ByteTrack offers this only
    to tracks seen last frame; here lost ones take part too: on the demo videos the
    detector sees many objects at 0.1 to 0.4 for seconds.)
+3b. with colours, confirmed tracks still unmatched (lost, or refused by the gate: their
+   object turned while hidden) take a detection left with score >= ``new_track_threshold`` by colour
+   alone (distance <= REFIND_GATE, closest first) if its centre is within REFIND_RADIUS
+   x the track's size of the prediction: the object found again keeps its id;
 4. tentative tracks (not yet confirmed) are matched to the detections left with
    score >= ``new_track_threshold`` (IoU >= 0.3); a tentative track that misses a
    frame is dropped, so that short-lived false positives never become tracks;
 5. such a detection left over starts a tentative track; ``min_hits`` consecutive
    matches confirm it and give it its id;
-6. a confirmed track that is not matched is lost; lost for more than
-   ``max_lost_frames`` it ends. While lost for at most ``coast_frames`` it is still
-   reported (at its predicted box): a missed detection or two does not end a presence.
+6. a matched track learns its colour (a moving average, COLOUR_MOMENTUM as BoT-SORT's)
+   from a clean detection at score >= ``high_threshold`` only. A confirmed track not
+   matched is lost; lost for more than ``max_lost_frames`` it ends. While lost for at
+   most ``coast_frames`` it is still reported (at its predicted box): a missed
+   detection or two does not end a presence.
 
 Association ignores the class (on the demo videos making it class-aware tripled the
 ID switches: the detector flips between classes); a track's class is the one with the
 highest summed confidence over its matches. The table holds at most ``max_tracks``
 tracks: when full, the longest-lost track makes room, and a detection that finds no
-room starts no track (counted in ``dropped``). The defaults were chosen on the demo
-video (seed 0): benchmarks/track_accuracy.py measures them.
+room starts no track (counted in ``dropped``). Without an image every step is motion
+alone, as before the colour cue. The defaults were chosen on the demo video (seed 0)
+only: benchmarks/track_accuracy.py measures them there and on videos of other seeds.
 """
 
 import numpy as np
 
 from ..errors import AgentError
-from . import kalman
+from . import appearance, kalman
 
 SECOND_PASS_IOU = 0.5  # ByteTrack's: low-confidence detections must overlap well
 TENTATIVE_IOU = 0.3  # ByteTrack's for unconfirmed tracks
@@ -76,6 +90,10 @@ def buffered_iou(a, b, buffer, out=None):
 
 
 DUPLICATE_IOU = 0.7
+ISOLATED_IOU = 0.05  # a detection overlapping another by more is not used to learn a track's colour
+REFIND_GATE = 0.1  # a lost track re-found by colour alone: at most this far (seed 0: 0.02 to 0.2 alike)
+REFIND_RADIUS = 3.0  # ... and its centre within this many times the track's size of the predicted one
+COLOUR_MOMENTUM = 0.9  # a track's colour: this x its average + (1 - this) x the new one (BoT-SORT's)
 MAX_BUFFER = 0.5
 
 
@@ -159,12 +177,16 @@ class Tracker(object):
         self.tracks = []
         self._means = np.zeros((0, 8))
         self._covs = np.zeros((0, 3, 4))
+        self._colours = np.zeros((0, 3))  # per track, its colour's moving average (appearance.describe)
+        self._coloured = np.zeros(0, bool)  # per track, whether it has one (tracks seen without images do not)
         self._next_id = 1
         self.frames = 0
         self.dropped = 0  # detections that found no room in the table
 
-    def update(self, boxes, scores, class_ids, timestamp):
-        """Track one frame's detections (N x 4 xyxy pixels, N scores, N class ids)."""
+    def update(self, boxes, scores, class_ids, timestamp, image=None):
+        """Track one frame's detections (N x 4 xyxy pixels, N scores, N class ids); ``image``: the
+        frame they were found in (H x W x 3 BGR or H x W), for the appearance cue (without it,
+        or with ``appearance_weight`` 0, association is by motion alone)."""
         s = self.settings
         self.frames += 1
         tracks = self.tracks
@@ -172,27 +194,38 @@ class Tracker(object):
         boxes = np.asarray(boxes, dtype=np.float64).reshape(m, 4)
         scores = np.asarray(scores, dtype=np.float64)
         det_of = np.full(n, -1, np.int64)
-        pred = None
+        pred = sim = dd = clean = None
+        colours = appearance.describe(image, boxes) if image is not None and s.appearance_weight > 0 else None
         if n:
             self._means, self._covs = kalman.predict(self._means, self._covs)
             pred = kalman.xyah_to_xyxy(self._means[:, :4])
         if not m:
             used = np.zeros(0, bool)
         elif not n:
-            used = _duplicates(iou_matrix(boxes, boxes), scores)
+            dd = iou_matrix(boxes, boxes)
+            used = _duplicates(dd, scores)
         else:
             # One IoU call: tracks x detections above, detections x detections below.
             both = iou_matrix(np.concatenate([pred, boxes]), boxes)
-            iou, used = both[:n], _duplicates(both[n:], scores)
+            iou, dd = both[:n], both[n:]
+            used = _duplicates(dd, scores)
             lost = np.array([t.lost for t in tracks], np.float64)
             if s.lost_buffer > 0 and lost.any():
                 buffered_iou(pred, boxes, np.minimum(lost * s.lost_buffer, MAX_BUFFER), out=iou)
+            if colours is not None:
+                clean = (dd > ISOLATED_IOU).sum(1) <= 1  # their colours are their own
+                if self._coloured.any():
+                    sim = self._similarity(iou, colours, clean)
             high = scores >= s.high_threshold
             low = ~high & (scores >= s.low_threshold)
             confirmed = np.array([t.confirmed for t in tracks])
-            self._match(iou, confirmed, high & ~used, s.match_iou, det_of, used)
-            self._match(iou, confirmed & (det_of < 0), low & ~used, max(s.match_iou, SECOND_PASS_IOU), det_of, used)
-            self._match(iou, ~confirmed, (scores >= s.new_track_threshold) & ~used,
+            self._match(iou, sim, confirmed, high & ~used, s.match_iou, det_of, used)
+            self._match(iou, sim, confirmed & (det_of < 0), low & ~used, max(s.match_iou, SECOND_PASS_IOU),
+                        det_of, used)
+            if sim is not None:
+                self._refind(pred, boxes, colours, confirmed & (det_of < 0) & self._coloured,
+                             (scores >= s.new_track_threshold) & ~used, det_of, used)
+            self._match(iou, sim, ~confirmed, (scores >= s.new_track_threshold) & ~used,
                         max(s.match_iou, TENTATIVE_IOU), det_of, used)
         track_ids = np.zeros(m, np.int64)
         matched = np.flatnonzero(det_of >= 0)
@@ -200,6 +233,8 @@ class Tracker(object):
             di = det_of[matched]
             self._means[matched], self._covs[matched] = kalman.update(
                 self._means[matched], self._covs[matched], kalman.xyxy_to_xyah(boxes[di]))
+            if colours is not None:
+                self._learn(matched, di, colours, scores, clean)
             box_list, score_list, class_list = boxes[di].tolist(), scores[di].tolist(), np.asarray(class_ids)[di].tolist()
             for k, i in enumerate(matched.tolist()):
                 t = tracks[i]
@@ -208,7 +243,9 @@ class Tracker(object):
                     self._confirm(t)
                 track_ids[di[k]] = t.id
         ended = self._age(det_of, pred)
-        self._start(boxes, scores, class_ids, used, track_ids, timestamp, ended)
+        if colours is not None and clean is None:
+            clean = (dd > ISOLATED_IOU).sum(1) <= 1
+        self._start(boxes, scores, class_ids, used, track_ids, timestamp, ended, colours, clean)
         coast = s.coast_frames
         return TrackUpdate(track_ids, [t for t in self.tracks if t.confirmed and t.lost <= coast], ended)
 
@@ -219,17 +256,68 @@ class Tracker(object):
             t.end_reason = "stopped"
         self.tracks = []
         self._means, self._covs = self._means[:0], self._covs[:0]
+        self._colours, self._coloured = self._colours[:0], self._coloured[:0]
         return ended
 
     # --- steps -----------------------------------------------------------------------------
 
-    def _match(self, iou, rows, cols, min_iou, det_of, used):
-        """Assign ``rows`` (a track mask) to ``cols`` (a detection mask) maximizing IoU; pairs below ``min_iou`` refused."""
+    def _similarity(self, iou, colours, clean):
+        """IoU less ``appearance_weight`` x the colour distance of each track (that has a colour) and
+        ``clean`` detection (overlapping no other: the colour of one that does may be its
+        occluder's); a pair further apart than ``appearance_gate`` is refused (-1)."""
+        s = self.settings
+        dist = appearance.distance(self._colours, colours)
+        dist[~self._coloured] = 0.0
+        dist[:, ~clean] = 0.0
+        sim = iou - s.appearance_weight * dist
+        sim[dist > s.appearance_gate] = -1.0
+        return sim
+
+    def _learn(self, matched, di, colours, scores, clean):
+        """Tracks ``matched`` to detections ``di`` take their colours into their moving averages: only
+        from a confident detection that overlaps no other (an occluder's colour must not leak in)."""
+        ok = clean[di] & (scores[di] >= self.settings.high_threshold)
+        rows, di = matched[ok], di[ok]
+        fresh = ~self._coloured[rows]
+        keep = np.where(fresh, 0.0, COLOUR_MOMENTUM)[:, None]
+        self._colours[rows] = keep * self._colours[rows] + (1.0 - keep) * colours[di]
+        self._coloured[rows] = True
+
+    def _refind(self, pred, boxes, colours, rows, cols, det_of, used):
+        """Lost tracks ``rows`` that motion could not match take the detections ``cols`` of their colour
+        (distance <= REFIND_GATE) whose centre is within REFIND_RADIUS x the track's size of its
+        predicted one, the closest colours first."""
         rows, cols = np.flatnonzero(rows), np.flatnonzero(cols)
         if not len(rows) or not len(cols):
             return
-        sub = iou[np.ix_(rows, cols)]
-        sub[sub < min_iou] = 0.0  # a refused pair must not pull the optimum away from good ones
+        dist = appearance.distance(self._colours[rows], colours[cols])
+        p, b = pred[rows], boxes[cols]
+        dx = (p[:, 0:1] + p[:, 2:3]) - (b[:, 0] + b[:, 2])
+        dy = (p[:, 1:2] + p[:, 3:4]) - (b[:, 1] + b[:, 3])
+        reach = REFIND_RADIUS * 2 * np.maximum(p[:, 2:3] - p[:, 0:1], p[:, 3:4] - p[:, 1:2])
+        ok = (dist <= REFIND_GATE) & (dx * dx + dy * dy <= reach * reach)
+        if not ok.any():
+            return
+        cost = np.where(ok, dist, 2.0)
+        r, c = self._assign(cost)
+        good = ok[r, c]
+        det_of[rows[r[good]]] = cols[c[good]]
+        used[cols[c[good]]] = True
+
+    def _match(self, iou, sim, rows, cols, min_iou, det_of, used):
+        """Assign ``rows`` (a track mask) to ``cols`` (a detection mask) maximizing IoU (``sim``, when
+        given: IoU fused with appearance, -1 where refused); pairs below ``min_iou`` refused."""
+        rows, cols = np.flatnonzero(rows), np.flatnonzero(cols)
+        if not len(rows) or not len(cols):
+            return
+        ix = np.ix_(rows, cols)
+        sub = iou[ix]
+        refused = sub < min_iou
+        if sim is not None:
+            fused = sim[ix]
+            refused |= fused < -0.5
+            sub = np.maximum(fused, 1e-6)  # ranked by the fused score, every pair left a candidate
+        sub[refused] = 0.0  # a refused pair must not pull the optimum away from good ones
         r, c = self._assign(-sub)  # a minimum cost; ``maximize=`` is newer than JetPack 4's scipy 0.19
         ok = sub[r, c] > 0.0
         det_of[rows[r[ok]]] = cols[c[ok]]
@@ -260,7 +348,7 @@ class Tracker(object):
             self._compact(keep)
         return ended
 
-    def _start(self, boxes, scores, class_ids, used, track_ids, timestamp, ended):
+    def _start(self, boxes, scores, class_ids, used, track_ids, timestamp, ended, colours, clean):
         """New tentative tracks from the confident detections left over (as room allows)."""
         s = self.settings
         new = np.flatnonzero(~used & (scores >= s.new_track_threshold))
@@ -277,6 +365,9 @@ class Tracker(object):
         means, covs = kalman.initiate(kalman.xyxy_to_xyah(boxes[new]))
         self._means = np.concatenate([self._means, means])
         self._covs = np.concatenate([self._covs, covs])
+        no_colour = colours is None
+        self._colours = np.concatenate([self._colours, np.zeros((len(new), 3)) if no_colour else colours[new]])
+        self._coloured = np.concatenate([self._coloured, np.zeros(len(new), bool) if no_colour else clean[new]])
         class_list = np.asarray(class_ids)[new].tolist()
         for k, (box, score) in enumerate(zip(boxes[new].tolist(), scores[new].tolist())):
             t = Track(box, score, class_list[k], timestamp)
@@ -303,4 +394,5 @@ class Tracker(object):
     def _compact(self, keep):
         self.tracks = [t for t, k in zip(self.tracks, keep.tolist()) if k]
         self._means, self._covs = self._means[keep], self._covs[keep]
+        self._colours, self._coloured = self._colours[keep], self._coloured[keep]
 

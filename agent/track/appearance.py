@@ -1,0 +1,49 @@
+"""A cheap appearance cue for the tracker: the colour of each detection's inner region.
+
+DeepSORT and BoT-SORT tell crossing objects apart with a re-identification network's
+embedding per detection; on the CPU budget of a tracking step (about 0.3 ms per frame at
+50 objects) that is out of reach, but a colour is not. ``describe`` reads a grid of
+``GRID`` x ``GRID`` pixels spread over the central ``INNER`` of each box (a nearest-
+neighbour downscale of just that region: one gather for all boxes, no resize of the
+frame, about 50 us for 50 boxes on a frame not in cache) and keeps their per-channel median, so that the background in a
+box's corners, an occluder's edge or a few noisy pixels do not move it. ``distance`` is
+the Euclidean distance of two such colours scaled to [0, 1] (black to white is 1).
+"""
+
+import numpy as np
+
+GRID = 3  # 9 pixels per box (seed 0: 3, 4 and 5 alike; each pixel of a fresh frame is a cache miss)
+INNER = 0.5  # the central half of the box's width and height
+_OFFSETS = ((np.arange(GRID) + 0.5) / GRID - 0.5) * INNER
+_SCALE = 1.0 / (255.0 * np.sqrt(3.0))
+
+
+def describe(image, boxes):
+    """The median colour (M x 3, 0..255; BGR as the image is) of the inner region of each box
+    (M x 4 xyxy pixels) of ``image`` (H x W x 3 or H x W; a grey image gives three equal
+    channels). Boxes partly outside the image read its nearest pixels."""
+    h, w = image.shape[:2]
+    m = len(boxes)
+    if not m:
+        return np.zeros((0, 3))
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) * 0.5, (boxes[:, 1] + boxes[:, 3]) * 0.5
+    xs = np.clip((cx[:, None] + (boxes[:, 2] - boxes[:, 0])[:, None] * _OFFSETS).astype(np.intp), 0, w - 1)
+    ys = np.clip((cy[:, None] + (boxes[:, 3] - boxes[:, 1])[:, None] * _OFFSETS).astype(np.intp), 0, h - 1)
+    flat = image.reshape(h * w, -1)  # a view of a contiguous frame (take() on it: 10x a 2-D gather)
+    pixels = flat.take((ys[:, :, None] * w + xs[:, None, :]).reshape(-1), axis=0).reshape(m, GRID * GRID, -1)
+    colour = np.partition(pixels, GRID * GRID // 2, axis=1)[:, GRID * GRID // 2].astype(np.float64)  # the median
+    if colour.shape[1] != 3:
+        colour = np.repeat(colour[:, :1], 3, axis=1)
+    return colour
+
+
+def distance(a, b):
+    """Colour distance of every row of ``a`` (N x 3) to every row of ``b`` (M x 3), in [0, 1]: N x M."""
+    out = np.zeros((len(a), len(b)))
+    for k in range(3):  # per channel: 5x the N x M x 3 broadcast
+        d = np.subtract.outer(a[:, k], b[:, k])
+        d *= d
+        out += d
+    np.sqrt(out, out=out)
+    out *= _SCALE
+    return out
