@@ -43,12 +43,15 @@ OpenCV before 4.7 (JetPack's 4.1.1 and 4.5.4) get the numpy strategies:
   graph: a box is kept once every higher-scored box that would suppress it is
   removed, and removed once one of them is kept.
 
-The sweep's first step counts the pairs of boxes that meet in x; up to 32 per box
-the sweep runs, above that the batched loop, which hands over to the sweep when a
-batch suppresses under 10 % of the boxes it is compared with (the boxes left are
-all ranked below the ones kept, so the hand-over is exact). Both decide a pair with
-the same ``_overlap_above``, so the choice changes the time only (tests/test_nms.py
-checks each against OpenCV).
+The choice: up to 256 boxes, OpenCV. Otherwise the sweep's first step counts the
+pairs of boxes that meet in x; up to 32 per box the sweep runs (so sparse sets cost
+what they did before OpenCV was used). Above that, OpenCV when a tenth of the best
+64 boxes overlap each other above the threshold (clusters), else the batched loop,
+which hands over to the sweep when a batch suppresses under 10 % of the boxes it is
+compared with (the boxes left are all ranked below the ones kept, so the hand-over is
+exact). The numpy strategies decide a pair with the same ``_overlap_above``; every
+strategy is exact, so the choice changes the time only (tests/test_nms.py forces each
+and checks it against OpenCV).
 """
 
 import logging
@@ -217,19 +220,24 @@ _NMS_BOXES = _nms_boxes()
 _SMALL = 256  # boxes below which OpenCV's loop wins whatever their layout
 
 
-def _clustered(boxes, scores, cls, iou_threshold):
-    """True when the best _BATCH boxes suppress each other (detector output), not when they are
-    spread out with most of them kept, where OpenCV's kept-list loop grows as n x kept. Only
-    picks a strategy (both are exact): the best boxes need not be in exact rank order."""
-    head = np.argpartition(-scores, _BATCH - 1)[:_BATCH] if len(scores) > _BATCH else np.arange(len(scores))
-    head = head[np.argsort(-scores[head], kind="stable")]
-    b = boxes[head]
-    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
-    area = np.where((w > 0) & (h > 0), w * h, 0.0)
-    rank = np.arange(len(head))
-    removed = _resolve(_suppresses(b, area, None if cls is None else cls[head], np.float32(iou_threshold),
-                                   rank, rank))
-    return removed.sum() >= _SPARSE * len(head)
+_PROBE = 64  # best boxes looked at to tell clusters from spread-out boxes
+
+
+def _clustered(b, cls, iou_threshold):
+    """True when a tenth of the best boxes ``b`` (a few, in rank order; ``cls``: their classes
+    or None) overlap another of them above the threshold: detector output, clusters, where
+    OpenCV's loop stops early; not boxes spread out with most of them kept, where its
+    kept-list loop grows as n x kept. It only picks a strategy (both are exact)."""
+    iw = np.minimum(b[:, None, 2], b[:, 2]) - np.maximum(b[:, None, 0], b[:, 0])
+    ih = np.minimum(b[:, None, 3], b[:, 3]) - np.maximum(b[:, None, 1], b[:, 1])
+    inter = np.maximum(iw, 0) * np.maximum(ih, 0)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    with np.errstate(invalid="ignore"):
+        over = inter > iou_threshold * (area[:, None] + area - inter)
+    np.fill_diagonal(over, False)
+    if cls is not None:
+        over &= cls[:len(b), None] == cls[:len(b)]
+    return over.any(1).sum() >= _SPARSE * len(b)
 
 
 def _opencv(boxes, scores, cls, iou_threshold):
@@ -250,20 +258,20 @@ def _opencv(boxes, scores, cls, iou_threshold):
     thr, low = float(iou_threshold), 0.0  # OpenCV keeps score > low: every one here
     if cls is None and everyone:  # the common case, in one call
         return np.asarray(_NMS_BOXES(rects.tolist(), scores, low, thr), np.int64).reshape(-1)
-    groups = [np.flatnonzero(valid)] if cls is None else _class_groups(cls, valid)
-    kept = [g[np.asarray(_NMS_BOXES(rects[g].tolist(), scores[g], low, thr), np.intp).reshape(-1)] for g in groups]
+    # Boxes sorted by class (stable: index order within a class), converted once; a class is a slice.
+    idx = np.flatnonzero(valid)
+    if cls is not None:
+        idx = idx[np.argsort(cls[idx], kind="stable")]
+        cuts = (np.flatnonzero(cls[idx][1:] != cls[idx][:-1]) + 1).tolist()
+    else:
+        cuts = []
+    rl, sc = rects[idx].tolist(), scores[idx]
+    kept = [idx[a + np.asarray(_NMS_BOXES(rl[a:b], sc[a:b], low, thr), np.intp).reshape(-1)]
+            for a, b in zip([0] + cuts, cuts + [len(idx)])]
     if not everyone:
         kept.append(np.flatnonzero(~valid))  # never suppressed
     kept = np.concatenate(kept)
     return kept[np.lexsort((kept, -scores[kept]))].astype(np.int64)
-
-
-def _class_groups(cls, valid):
-    """Indices of the valid boxes, one array per class (each in index order)."""
-    idx = np.flatnonzero(valid)
-    by_class = idx[np.argsort(cls[idx], kind="stable")]
-    cuts = np.flatnonzero(cls[by_class][1:] != cls[by_class][:-1]) + 1
-    return [by_class[a:b] for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(by_class)])]
 
 
 def _greedy(n, a, b):
@@ -303,16 +311,18 @@ def nms(boxes, scores, iou_threshold, class_ids=None, class_agnostic=False, max_
             raise ValueError("nms: {} boxes but {} class ids".format(n, len(class_ids)))
         cls = class_ids.astype(np.int64)
     limit = n if max_detections is None else int(max_detections)
-    if _NMS_BOXES is not None and (n <= _SMALL or _clustered(boxes, scores, cls, iou_threshold)):
+    if _NMS_BOXES is not None and n <= _SMALL:
         return _opencv(boxes, scores, cls, iou_threshold)[:limit]
     order = np.argsort(-scores, kind="stable")
-    cls = None if cls is None else cls[order]
     b = boxes[order]
-    sweep = _sweep_order(b, cls)
+    ranked_cls = None if cls is None else cls[order]
+    sweep = _sweep_order(b, ranked_cls)
     if sweep[2][-1] <= _DENSE * n:  # few boxes meet in x: the sweep has little to compare
-        keep = _sweep(b, cls, iou_threshold, sweep)
+        keep = _sweep(b, ranked_cls, iou_threshold, sweep)
+    elif _NMS_BOXES is not None and _clustered(b[:_PROBE], ranked_cls, iou_threshold):
+        return _opencv(boxes, scores, cls, iou_threshold)[:limit]
     else:
-        keep = _greedy_batched(b, cls, iou_threshold, limit, sweep)
+        keep = _greedy_batched(b, ranked_cls, iou_threshold, limit, sweep)
     keep = order[keep[:limit]]
     return keep.astype(np.int64)
 
