@@ -47,7 +47,9 @@ setup(
         "plot": ["matplotlib>=3.0"],
         # tensorrt-stubs is installed with --no-deps by scripts/setup.sh: its dependency
         # (the real TensorRT bindings) is what a CPU machine cannot have.
-        "dev": ["pytest>=6", "jsonschema>=3", "vermin>=1.5", "mypy", "onnx>=1.8", "matplotlib>=3.0", "hypothesis"],
+        # Jinja2: the tests render the Home Assistant discovery templates as Home Assistant does.
+        "dev": ["pytest>=6", "jsonschema>=3", "vermin>=1.5", "mypy", "onnx>=1.8", "matplotlib>=3.0", "hypothesis",
+                "Jinja2>=2.11"],
         "train": ["torch>=1.10", "onnx>=1.8"],
     },
     entry_points={"console_scripts": ["edge-agent=agent.cli:main"]},

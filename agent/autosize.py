@@ -73,10 +73,11 @@ def stale_reasons(report, config):
     return reasons
 
 
-def measure(config, previous=None):
+def measure(config, previous=None, progress=None):
     """Measure every configured size (speed only, synthetic frames), save and return the report.
 
-    Accuracy of a previous report is kept for models whose sha256 is unchanged.
+    Accuracy of a previous report is kept for models whose sha256 is unchanged. ``progress``:
+    as ``benchmark.run_benchmark``'s. Raises AgentError when a size cannot be measured.
     """
     from . import benchmark as bench
 
@@ -84,7 +85,7 @@ def measure(config, previous=None):
     log.info("size auto: measuring sizes %s on this device (no usable benchmark report)", ", ".join(sizes))
     options = bench.Options(dataset=None, frames=QUICK_FRAMES, warmup=QUICK_WARMUP, streams=(1,),
                             measure_build=False, accuracy=False)
-    report = bench.run_benchmark(config, sizes, options, isolate=False)
+    report = bench.run_benchmark(config, sizes, options, progress=progress, isolate=False)
     for name in sizes:
         old = ((previous or {}).get("sizes") or {}).get(name) or {}
         new = report["sizes"][name]

@@ -22,6 +22,7 @@ COMMANDS = {
     "build-engine": ("agent.commands.build_engine", "build_engine", "Build the engine of a model size (TensorRT, or ONNX Runtime's optimized model)."),
     "benchmark": ("agent.commands.benchmark", "benchmark", "Measure accuracy and speed of model sizes on a labelled dataset."),
     "watch": ("agent.commands.watch", "watch", "Watch agents over MQTT: devices, FPS, latencies, detections."),
+    "ctl": ("agent.commands.ctl", "ctl", "Send a command to an agent over MQTT (size, snapshot, reload, status, benchmark)."),
     "doctor": ("agent.commands.doctor", "doctor", "Check this machine for what the agent needs, and print fixes."),
     "install-service": ("agent.commands.install", "install_service", "Install and enable the systemd service (root)."),
     "uninstall-service": ("agent.commands.install", "uninstall_service", "Remove the systemd service (root)."),

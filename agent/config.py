@@ -220,6 +220,12 @@ class MqttConfig:
     queue_size: int = _opt(1000, POSITIVE)
     spool_max_records: int = _opt(100000, POSITIVE)
     snapshot: SnapshotConfig = _opt(SnapshotConfig())
+    # Remote control (agent.control): act on {prefix}/{device}/cmd/{command}. Off by default: a
+    # broker without an ACL would let anyone on it switch models or start a benchmark.
+    commands: bool = False
+    # Home Assistant MQTT discovery: retained configs under homeassistant_prefix; false clears them.
+    homeassistant: bool = False
+    homeassistant_prefix: str = "homeassistant"
 
 
 @dataclass(frozen=True)
@@ -553,11 +559,15 @@ def validate(config, check_files=True):
                 _key_name(name), _describe(name)))
     _check_topic_level("device_id", config.device_id)
     _check_topic_prefix("mqtt.prefix", config.mqtt.prefix)
+    _check_topic_prefix("mqtt.homeassistant_prefix", config.mqtt.homeassistant_prefix)
     seen = set()
     for i, cam in enumerate(config.cameras):
         if not cam.source:
             raise ConfigError("cameras[{}].source: a source URI is required".format(i))
         _check_topic_level("cameras[{}].id".format(i), cam.id)
+        if cam.id in RESERVED_CAMERA_IDS:
+            raise ConfigError("cameras[{}].id: {} is reserved ({{prefix}}/{{device}}/{} is the command or reply "
+                              "topic), choose another id".format(i, _describe(cam.id), cam.id))
         if cam.id in seen:
             raise ConfigError("cameras[{}].id: duplicate camera id {}".format(i, _describe(cam.id)))
         seen.add(cam.id)
@@ -599,6 +609,11 @@ def validate(config, check_files=True):
             _check_writable("output.jsonl", config.output.jsonl, directory=False)
         # Only the MQTT spool writes there; a path under a file is wrong either way.
         _check_writable("state_dir", config.state_dir, directory=True, write=config.mqtt.enabled)
+
+
+# {prefix}/{device}/cmd/... and .../reply/... are the remote control's (agent.control): a camera
+# of that id would publish its detections among the commands.
+RESERVED_CAMERA_IDS = ("cmd", "reply")
 
 
 # MQTT topics are {prefix}/{device_id}/{camera id}/... . A '+' or '#' makes a topic a filter,

@@ -100,6 +100,8 @@ class Pipeline(object):
         self._inflight = 0  # inferences running now
         self._count = threading.Lock()  # guards _inflight (never held while waiting)
         self._beats = {}  # thread name -> monotonic time it last went round its loop (liveness)
+        self.swaps = 0  # model switches done or failed (the inference thread): a caller waits for one
+        self.swap_error = None  # why the latest switch failed (None: it succeeded)
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -216,6 +218,12 @@ class Pipeline(object):
             "size_reason": self.size_reason,
         }
 
+    @property
+    def labels(self):
+        """{class id: name} of the running model ({} before it is loaded)."""
+        model = self._detector
+        return dict(model.labels) if model is not None else {}
+
     def timing_summaries(self):
         out = {}
         states = self.camera_states()
@@ -231,7 +239,8 @@ class Pipeline(object):
 
     def reload(self, config, size_reason=""):
         """Apply a new config (a concrete size): thresholds at once, a size or model change on
-        the inference thread (cameras keep capturing), changed cameras reopened."""
+        the inference thread (cameras keep capturing), changed cameras reopened. Returns whether
+        the model changes (``swaps`` counts up once the inference thread has switched, or failed to)."""
         _concrete(config)
         old = self.config
         self.size_reason = size_reason
@@ -257,6 +266,7 @@ class Pipeline(object):
                 self.cameras.append(camera)
                 self._start_feeder(camera)
         log.info("reloaded configuration%s", " (switching to size {})".format(config.size) if model_changed else "")
+        return model_changed
 
     def publish_counts(self):
         """Send every camera's current counts again (the service calls it every timing interval)."""
@@ -427,10 +437,14 @@ class Pipeline(object):
             new = self._open_detector(config, size)
         except AgentError as e:
             log.error("cannot switch to size %s, keeping %s: %s", size, self._detector.size, e)
+            self.swap_error = str(e)
+            self.swaps += 1
             return
         old, self._detector = self._detector, new
         old.close()
         log.info("switched to size %s (%s)", size, new.engine_id)
+        self.swap_error = None
+        self.swaps += 1
 
     def _output_loop(self):
         waiting, following = {}, 0  # jobs inferred out of turn, by ticket; the ticket due next

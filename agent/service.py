@@ -14,9 +14,12 @@ below does the work every tick:
   the start timeout is extended with EXTEND_TIMEOUT_USEC= and STATUS= shows the
   latest log line of the agent ("building ...");
 - timing summaries, counts (agent.track), health and status changes go to every sink
-  on schedule.
+  on schedule;
+- the remote control (agent.control: commands over MQTT, Home Assistant discovery) acts
+  here too, through the ``Agent`` below: a ``size`` command takes the reload's path.
 """
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -118,7 +121,7 @@ def _status_payload(config, pipeline, started_at):
 
 def _status_key(payload, sink_states):
     """What counts as a status change (not FPS, which moves every tick)."""
-    return (payload.get("pipeline_state"), payload.get("model_size"), payload.get("backend"),
+    return (payload.get("pipeline_state"), payload.get("model_size"), payload.get("size_setting"), payload.get("backend"),
             payload.get("engine_id"), tuple(sorted(payload.get("camera_states", {}).items())),
             tuple(sorted(sink_states.items())))
 
@@ -158,7 +161,13 @@ def _start(pipeline, flags):
 
 
 def _reload(pipeline, config, config_path, overrides):
-    """Re-read the config (same overrides) and apply it; returns the config now in force.
+    """Re-read the config (same overrides) and apply it; returns the config now in force."""
+    return reload_config(pipeline, config, config_path, overrides)[0]
+
+
+def reload_config(pipeline, config, config_path, overrides):
+    """Re-read the config (same overrides) and apply it: (config in force, the config as read
+    (its size may be 'auto'), None) or, when the file is bad, (``config``, None, why).
 
     Checks what ``run`` checks at start (load_config, then the sources). A bad file is one
     ERROR line and the agent runs on: a reload must never take a working agent down.
@@ -167,23 +176,61 @@ def _reload(pipeline, config, config_path, overrides):
 
     sdnotify.reloading()
     try:
-        new = load_config(config_path, overrides)
-        check_sources(new)
-        new, reason = resolve_size(new)
+        requested = load_config(config_path, overrides)
+        check_sources(requested)
+        new, reason = resolve_size(requested)
     except ConfigError as e:
         log.error("reload: keeping the running configuration: %s", e)
-        return config
+        return config, None, str(e)
     except Exception as e:  # a loader bug: still no crash, still one line
         log.error("reload: keeping the running configuration: %s: %s", type(e).__name__, e)
-        return config
+        return config, None, "{}: {}".format(type(e).__name__, e)
     try:
         pipeline.reload(new, reason)
     except AgentError as e:
         log.error("reload: %s", e)
-        return config
+        return config, None, str(e)
     logging.getLogger().setLevel(new.log_level.upper())
     log.info("reload: configuration from %s applied", config_path or "defaults")
-    return new
+    return new, requested, None
+
+
+class Agent(object):
+    """The running agent as the loop and the remote control (agent.control) see it: the
+    pipeline, the configuration in force (``config``: a concrete size) and as asked
+    (``requested``: its size may be 'auto'). Only the service's main thread uses it."""
+
+    def __init__(self, pipeline, sinks, config, requested, config_path, overrides, started_at):
+        self.pipeline, self.sinks = pipeline, sinks
+        self.config, self.requested = config, requested
+        self.config_path, self.overrides = config_path, overrides
+        self.started_at = started_at
+
+    def status(self):
+        """The status payload now (schema.status, and ``size_setting``: the size asked for)."""
+        payload = schema.status(self.config, self.pipeline.status(), self.started_at)
+        payload["size_setting"] = self.requested.size
+        return payload
+
+    def reload(self):
+        """Re-read the configuration file, as SIGHUP does: (ok, what happened)."""
+        new, requested, error = reload_config(self.pipeline, self.config, self.config_path, self.overrides)
+        sdnotify.ready("reloaded: size {}".format(new.size))
+        if error is not None:
+            return False, "keeping the running configuration: {}".format(error)
+        self.config, self.requested = new, requested
+        return True, "configuration from {} applied: size {}{}".format(
+            self.config_path or "defaults", new.size, " (auto)" if requested.size == "auto" else "")
+
+    def set_size(self, size):
+        """Switch to ``size`` (a configured size or 'auto') the way a reload does: the inference
+        thread loads it while the cameras keep capturing. Returns whether the model changes.
+        Lasts until the next reload or restart. Raises AgentError."""
+        requested = dataclasses.replace(self.requested, size=size)
+        new, reason = resolve_size(requested)
+        changed = self.pipeline.reload(new, reason)
+        self.config, self.requested = new, requested
+        return changed
 
 
 def run_agent(config, sinks, config_path=None, overrides=None, pipeline_factory=None):
@@ -197,13 +244,15 @@ def run_agent(config, sinks, config_path=None, overrides=None, pipeline_factory=
         from .pipeline import Pipeline as pipeline_factory
     flags = _Flags()
     old_handlers = _install_signals(flags)
-    pipeline = None
+    pipeline = agent = remote = None
     try:
         sdnotify.status("starting: size {} backend {}".format(config.size, config.backend))
         started_at = time.time()
         initial = schema.status(config, {"state": "starting", "fps": 0.0}, started_at)
+        initial["size_setting"] = config.size
         _each_sink(sinks, "start", initial)
         logging.getLogger().setLevel(config.log_level.upper())
+        requested = config
         config, reason = resolve_size(config)  # size: auto is decided before a pipeline exists
         pipeline = pipeline_factory(config, sinks, size_reason=reason)
         try:
@@ -211,9 +260,21 @@ def run_agent(config, sinks, config_path=None, overrides=None, pipeline_factory=
         except AgentError as e:
             sdnotify.status("failed: {}".format(e))
             raise
-        return _loop(pipeline, sinks, config, config_path, overrides, flags, started_at)
+        agent = Agent(pipeline, sinks, config, requested, config_path, overrides, started_at)
+        if config.mqtt.enabled:
+            from .control.remote import Remote
+
+            remote = Remote.attach(agent, sinks)
+        return _loop(agent, remote, flags)
     finally:
         sdnotify.stopping("stopping")
+        if remote is not None:
+            try:
+                remote.close()
+            except Exception:
+                log.exception("remote control: close() failed")
+        if agent is not None:
+            config = agent.config
         if pipeline is not None:
             try:
                 pipeline.stop(STOP_TIMEOUT_S)
@@ -221,7 +282,7 @@ def run_agent(config, sinks, config_path=None, overrides=None, pipeline_factory=
             except Exception:
                 log.exception("pipeline.stop() failed")
             try:
-                final = _status_payload(config, pipeline, started_at)
+                final = agent.status() if agent is not None else _status_payload(config, pipeline, started_at)
                 final["pipeline_state"] = "stopped"
                 _each_sink(sinks, "status", final)
             except Exception:
@@ -242,8 +303,9 @@ def _log_summaries(pipeline):
                                                      if name in stages))
 
 
-def _loop(pipeline, sinks, config, config_path, overrides, flags, started_at):
+def _loop(agent, remote, flags):
     """The main loop; returns the exit code."""
+    pipeline, sinks = agent.pipeline, agent.sinks
     watchdog = sdnotify.watchdog_interval()
     tick = min(TICK_S, watchdog / 4.0) if watchdog else TICK_S
     ready = False
@@ -259,8 +321,13 @@ def _loop(pipeline, sinks, config, config_path, overrides, flags, started_at):
             return 0
         if flags.reload:
             flags.reload = False
-            config = _reload(pipeline, config, config_path, overrides)
-            sdnotify.ready("reloaded: size {}".format(config.size))
+            agent.reload()
+        if remote is not None:
+            try:
+                remote.tick()
+            except Exception:  # the remote control must never stop the agent
+                log.exception("remote control failed")
+        config = agent.config
         if pipeline.wait(tick):
             state = pipeline.status().get("state")
             if state == "failed":
@@ -292,7 +359,7 @@ def _loop(pipeline, sinks, config, config_path, overrides, flags, started_at):
             elif not hung:
                 log.error("thread %s made no progress for %.1f s: no more watchdog pings", thread, age)
         hung = stuck
-        payload = _status_payload(config, pipeline, started_at)
+        payload = agent.status()
         sink_states = _sink_states(sinks)
         line = status_line(payload, sink_states)
         if line != last_line:

@@ -11,7 +11,7 @@ py36=${1:?usage: scripts/test_py36.sh /path/to/python3.6 [pytest args]}
 shift
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 venv=.venv36
-if [ ! -f "$venv/.complete-3" ]; then
+if [ ! -f "$venv/.complete-4" ]; then
   echo "setup: Python 3.6 environment in $venv"
   rm -rf "$venv"
   "$py36" -m venv "$venv"
@@ -19,9 +19,10 @@ if [ ! -f "$venv/.complete-3" ]; then
   # The last releases for Python 3.6 of what the agent and its tests import (JetPack 4 gets these).
   "$venv/bin/python" -m pip install -q --only-binary=:all: "numpy==1.19.5" "opencv-python-headless==4.6.0.66" \
     "onnxruntime==1.10.0" "onnx==1.10.2" "protobuf<4" "click==8.0.4" "PyYAML==6.0.1" "dataclasses==0.8" \
-    "pytest==7.0.1" "jsonschema==3.2.0" "hypothesis==6.31.6" "scipy==1.5.4" "pandas==1.1.5"
+    "pytest==7.0.1" "jsonschema==3.2.0" "hypothesis==6.31.6" "scipy==1.5.4" "pandas==1.1.5" \
+    "Jinja2==3.0.3"
   "$venv/bin/python" -m pip install -q "paho-mqtt==1.6.1" "pycocotools==2.0.6" "motmetrics==1.2.5"
-  touch "$venv/.complete-3"
+  touch "$venv/.complete-4"
 fi
 "$venv/bin/python" -c "import sys; assert sys.version_info[:2] == (3, 6), sys.version; print('python', sys.version.split()[0])"
 # test_service_systemd.py installs with the distribution's python3 whatever runs pytest: the

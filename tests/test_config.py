@@ -261,3 +261,17 @@ def test_the_environment_table_is_the_documented_one():
         doc = f.read()
     for name, who, what in ENVIRONMENT:
         assert "| `{}` | {} | {} |".format(name, who, what) in doc, name
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"cameras": [{"id": "cmd", "source": "x.mp4"}]}, "cameras[0].id: 'cmd' is reserved"),
+    ({"cameras": [{"id": "reply", "source": "x.mp4"}]}, "cameras[0].id: 'reply' is reserved"),
+    ({"mqtt": {"homeassistant_prefix": "home/+"}}, "mqtt.homeassistant_prefix: expected topic levels"),
+    ({"mqtt": {"commands": "yes"}}, "mqtt.commands: expected true or false"),
+])
+def test_remote_control_keys(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides, environ={}, check_files=False)
+    assert str(e.value).startswith(message), str(e.value)
+    defaults = load_config(None, {}, environ={}, check_files=False).mqtt
+    assert (defaults.commands, defaults.homeassistant, defaults.homeassistant_prefix) == (False, False, "homeassistant")

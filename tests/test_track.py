@@ -84,8 +84,15 @@ def run(tracker, frames):
     return [tracker.update(b, s, c, float(i)) for i, (b, s, c) in enumerate(frames)]
 
 
-def test_a_moving_object_keeps_its_id_through_missed_frames_and_low_scores():
+@pytest.mark.parametrize("with_image", [False, True])
+def test_a_moving_object_keeps_its_id_through_missed_frames_and_low_scores(with_image):
+    """Also with the frame given (the appearance cue), through frames with no detection at all."""
     tracker = Tracker(TrackingConfig())
+    if with_image:
+        image = np.full((480, 640, 3), 90, np.uint8)
+        image[:, :, 2] = 200
+        tracker_update = tracker.update
+        tracker.update = lambda b, s, c, t: tracker_update(b, s, c, t, image)
     frames = []
     for i in range(60):
         cx = 100 + 5 * i

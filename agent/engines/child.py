@@ -18,6 +18,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from typing import List
@@ -32,6 +33,13 @@ _HEADER = struct.Struct("!I")
 # -c, not -m: under -m this module would run twice (as __main__ and as itself), with two stop flags.
 _ENTRY = "from agent.engines.child import main; main()"
 _stop_requested = []  # type: List[int]
+
+
+_CANCELLED = ("cancelled",)
+
+
+class Cancelled(EngineError):
+    """``run_in_child``'s ``cancel`` was set: the child was asked to stop and did not finish."""
 
 
 class ChildDied(EngineError):
@@ -55,7 +63,8 @@ def stopping():
     return bool(_stop_requested)
 
 
-def run_in_child(target, job, on_event, idle=None, idle_s=30.0, stop_grace_s=None, ignore_sigint=False):
+def run_in_child(target, job, on_event, idle=None, idle_s=30.0, stop_grace_s=None, ignore_sigint=False,
+                 cancel=None):
     """Run ``target(job, send)`` in a child; return its result, or raise the AgentError it raised.
 
     ``target``: a module-level function or 'module:name' (the child imports it by name);
@@ -63,14 +72,19 @@ def run_in_child(target, job, on_event, idle=None, idle_s=30.0, stop_grace_s=Non
     ``idle()`` is called after ``idle_s`` without an event. ``ignore_sigint``: the child
     ignores a terminal's Ctrl-C and the parent decides. ``stop_grace_s``: on
     KeyboardInterrupt the parent asks the child to stop (SIGTERM; ``stopping()`` turns
-    True there), still forwards its events for that long, then re-raises. Raises
-    ChildDied when the child ends without a result.
+    True there), still forwards its events for that long, then re-raises. ``cancel``: a
+    threading.Event another thread may set (the caller need not be the main thread): the
+    child is asked to stop the same way; a result it still sends within ``stop_grace_s``
+    (default 5 s) is returned, else Cancelled is raised. Raises ChildDied when the child
+    ends without a result.
     """
     name = target if isinstance(target, str) else "{}:{}".format(target.__module__, target.__name__)
     read_fd, write_fd = os.pipe()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignore_sigint else None  # inherited through exec
+    # Inherited through exec; only the main thread may change a handler.
+    ignore = ignore_sigint and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignore else None
     try:
         proc = subprocess.Popen([sys.executable, "-c", _ENTRY], stdin=subprocess.PIPE, pass_fds=(write_fd,),
                                 env=env, close_fds=True)
@@ -89,7 +103,7 @@ def run_in_child(target, job, on_event, idle=None, idle_s=30.0, stop_grace_s=Non
             pass  # the child died at once; its exit status says why
         reader = _Reader(read_fd)
         try:
-            message = reader.next_message(on_event, idle, idle_s)
+            message = reader.next_message(on_event, idle, idle_s, cancel=cancel)
         except KeyboardInterrupt:
             if stop_grace_s is None:
                 raise
@@ -99,6 +113,12 @@ def run_in_child(target, job, on_event, idle=None, idle_s=30.0, stop_grace_s=Non
             except KeyboardInterrupt:
                 pass
             raise
+        if message is _CANCELLED:
+            proc.send_signal(signal.SIGTERM)
+            grace = stop_grace_s if stop_grace_s is not None else 5.0
+            message = reader.next_message(on_event, None, idle_s, deadline=time.monotonic() + grace)
+            if message is None:
+                raise Cancelled("cancelled: {} stopped".format(name))
         if message is not None:
             if message[0] == "done":
                 return message[1]
@@ -122,10 +142,13 @@ class _Reader(object):
         self.fd = fd
         self.buffered = b""
 
-    def next_message(self, on_event, idle, idle_s, deadline=None):
-        """Forward events until 'done' or 'error' (returned); None at EOF or past ``deadline``."""
+    def next_message(self, on_event, idle, idle_s, deadline=None, cancel=None):
+        """Forward events until 'done' or 'error' (returned); None at EOF or past ``deadline``;
+        _CANCELLED once ``cancel`` is set."""
         last = time.monotonic()
         while deadline is None or time.monotonic() < deadline:
+            if cancel is not None and cancel.is_set():
+                return _CANCELLED
             ready, _, _ = select.select([self.fd], [], [], 0.2)
             if not ready:
                 if idle is not None and time.monotonic() - last >= idle_s:

@@ -44,6 +44,11 @@ class Sink(object):
         """A short word for status lines: 'ok', 'connected', 'disconnected', ..."""
         return "ok"
 
+    def channel(self):
+        """The object the remote control (agent.control) subscribes and replies through (its
+        ``subscribe``, ``send``, ``request_snapshot``), or None: only the MQTT sink has one."""
+        return None
+
     def close(self, timeout=5.0):
         """Flush what can be flushed within ``timeout`` seconds, then release."""
 

@@ -5,7 +5,14 @@ queue; one publisher thread owns everything else: encoding, paho calls, and the
 store and forward of QoS >= 1 records (``store_forward``). Payloads arrive in their
 final shape (``schema``); this module adds only the status's ``timestamp`` and
 ``spool`` fields when it sends. Snapshots follow ``snapshot.SnapshotPolicy``.
+The remote control (agent.control) uses the same connection through ``subscribe`` and
+``send``, and asks for a snapshot now with ``request_snapshot``.
 Topics and payloads: docs/mqtt.md.
+
+The module is longer than 400 lines because the publisher thread alone owns the paho
+client: every kind of message it sends (records through the spool, plain payloads,
+snapshots, the remote control's messages) and the connection callbacks that feed it
+share its state, and read best together.
 """
 
 import collections
@@ -21,12 +28,12 @@ import uuid
 from . import paho_compat, schema
 from .base import Sink, dumps
 from .broker import parse_url, read_password, tls_context
-from .snapshot import SnapshotPolicy
+from .snapshot import SnapshotPolicy, render
 from .store_forward import StoreForward
 
 log = logging.getLogger("edge_agent.mqtt")
 
-_RECORD, _PLAIN, _SNAPSHOT = 0, 1, 2
+_RECORD, _PLAIN, _SNAPSHOT, _RAW = 0, 1, 2, 3
 EVENTS_QOS = 1  # events are rare and each one matters: always acknowledged, spooled while offline
 _BATCH = 500
 
@@ -70,6 +77,9 @@ class MqttSink(Sink):
         # Caller-thread state.
         self._labels = {}
         self._topics = {}
+        self._subscriptions = []  # (topic filter, qos, callback(msg)), made again on every connect
+        self._forced = {}  # camera id -> done(ok, info): its next frame gets a snapshot (request_snapshot)
+        self.connections = 0  # connects so far (publisher thread): what a (re)connect must send again
 
     @property
     def rejected(self):
@@ -97,7 +107,8 @@ class MqttSink(Sink):
         client.max_queued_messages_set(window * 4 + 100)
         client.reconnect_delay_set(self._reconnect[0], self._reconnect[1])
         paho_compat.set_callbacks(client, on_connect=self._on_connect, on_disconnect=self._on_disconnect,
-                                  on_publish=self._on_publish, on_connect_fail=self._on_connect_fail)
+                                  on_publish=self._on_publish, on_connect_fail=self._on_connect_fail,
+                                  on_message=self._on_message)
         self._client = client
         self._state = "connecting"
         log.info("MQTT connecting to %s as %s (topics %s/...)", self.url, self.client_id, self.base)
@@ -116,9 +127,11 @@ class MqttSink(Sink):
         if self._wanted(cam, record):
             qos = self.config.mqtt.qos_detections
             self._put((_RECORD, topics[0], qos, record, self.store_forward.next_ordinal() if qos else 0, False))
-        if image is not None and self.snapshots.wanted(cam, record):
+        done = self._forced.pop(cam, None) if self._forced else None
+        if image is not None and (done is not None or self.snapshots.wanted(cam, record)):
             # Copy only on snapshot frames: the source may reuse its buffer.
-            self._put((_SNAPSHOT, topics[2], 0, (record, image.copy()), 0, False))
+            if not self._put((_SNAPSHOT, topics[2], 0, (record, image.copy(), done), 0, False)) and done:
+                done(False, "the MQTT queue is full")
 
     def events(self, camera_id, payloads):
         """Queue track events: QoS 1 and spooled like detection records (never dropped while the spool has room)."""
@@ -144,6 +157,28 @@ class MqttSink(Sink):
 
     def state(self):
         return self._state
+
+    def channel(self):
+        return self
+
+    # --- the remote control's side (agent.control) -----------------------------------------
+
+    def subscribe(self, topic_filter, callback, qos=1):
+        """Deliver messages matching ``topic_filter`` to ``callback(msg)`` (paho's network thread,
+        guarded); the subscription is made again after every reconnect."""
+        self._subscriptions.append((topic_filter, qos, callback))
+        if self._client is not None and self._state == "connected":
+            self._client.subscribe(topic_filter, qos)
+
+    def send(self, topic, data, qos=1, retain=False, properties=None):
+        """Queue ``data`` (bytes) for ``topic`` (with MQTT 5 ``properties``); False if the queue is full.
+        Sent only while connected, never spooled."""
+        return self._put((_RAW, topic, qos, (data, properties), 0, retain))
+
+    def request_snapshot(self, camera_id, done):
+        """Snapshot the next frame of ``camera_id`` whatever ``mqtt.snapshot`` says; ``done(ok, info)``
+        runs on the publisher thread once it is published (info: {topic, bytes, seq}) or failed (a reason)."""
+        self._forced[camera_id] = done
 
     def close(self, timeout=5.0):
         """Flush within ``timeout`` (unsent QoS>=1 records stay spooled), publish offline, disconnect."""
@@ -197,8 +232,10 @@ class MqttSink(Sink):
         except queue.Full:
             if item[4]:
                 self._overflow(item)
-            else:
-                self.dropped_qos0 += 1
+                return True
+            self.dropped_qos0 += 1
+            return False
+        return True
 
     def _overflow(self, item, lock_timeout=-1):
         """Queue full (publisher stalled): move the queue and ``item`` to the spool, in order."""
@@ -217,6 +254,8 @@ class MqttSink(Sink):
                 items.append(item)
             rows = []
             for kind, topic, qos, payload, ordinal, retain in items:
+                if kind == _SNAPSHOT and payload[2] is not None:
+                    payload[2](False, "the MQTT queue overflowed")
                 if ordinal:
                     rows.append((ordinal, topic, qos, dumps(payload).encode("utf-8")))
                 else:
@@ -231,6 +270,8 @@ class MqttSink(Sink):
         if ok:
             self._state = "connected"
             log.info("MQTT connected to %s", self.url)
+            for topic_filter, qos, _ in list(self._subscriptions):
+                self._client.subscribe(topic_filter, qos)
             self._events.append(("connected",))
         else:
             self._state = "disconnected (refused by {}: {})".format(self.url, reason)
@@ -258,6 +299,11 @@ class MqttSink(Sink):
 
     def _on_publish(self, mid, ok):
         self._acks.append((mid, ok))
+
+    def _on_message(self, msg):
+        for topic_filter, _, callback in list(self._subscriptions):
+            if paho_compat.topic_matches(topic_filter, msg.topic):
+                callback(msg)
 
     def _probe(self):
         """Why a connection fails (paho does not say): connect once more ourselves."""
@@ -329,6 +375,7 @@ class MqttSink(Sink):
                 sf.connected()
                 self._status_dirty = True
                 self._counters_sent = None
+                self.connections += 1
             else:
                 self._connected = False
                 sf.handle_acks(self._acks)
@@ -337,21 +384,44 @@ class MqttSink(Sink):
     def _handle_batch(self, batch):
         send = self._send if self._connected else None
         for kind, topic, qos, payload, ordinal, retain in batch:
+            props = None
+            if kind == _SNAPSHOT:
+                self._snapshot(topic, *payload)
+                continue
             try:
-                data = (self.snapshots.render(*payload) if kind == _SNAPSHOT
-                        else dumps(payload).encode("utf-8"))
+                if kind == _RAW:
+                    data, props = payload
+                else:
+                    data = dumps(payload).encode("utf-8")
             except (ValueError, TypeError) as e:  # e.g. NaN in a payload: lose this one, not the batch
                 log.error("MQTT: cannot encode a message for %s: %s", topic, e)
                 self.store_forward.rejected += 1
                 continue
-            if data is None:
-                continue
             if ordinal:
                 self.store_forward.forward(send, ordinal, topic, qos, data)
-            elif not self._connected or self._client.publish(topic, data, qos=qos, retain=retain).rc not in (
+            elif not self._connected or self._client.publish(topic, data, qos=qos, retain=retain,
+                                                             properties=props).rc not in (
                     paho_compat.ERR_SUCCESS, paho_compat.ERR_NO_CONN):
                 self.dropped_qos0 += 1
         self.store_forward.flush()
+
+    def _snapshot(self, topic, record, image, done):
+        """Render and publish one snapshot; a requested one (``done``) ignores mqtt.snapshot's policy."""
+        snap = self.config.mqtt.snapshot
+        try:
+            data = render(image, record, snap.max_bytes, snap.quality) if done else self.snapshots.render(record, image)
+        except ImportError:
+            data = None
+        sent = data is not None and self._connected and self._client.publish(topic, data, qos=0).rc in (
+            paho_compat.ERR_SUCCESS, paho_compat.ERR_NO_CONN)
+        if data is not None and not sent:
+            self.dropped_qos0 += 1
+        if done is not None:
+            if sent:
+                done(True, {"topic": topic, "bytes": len(data), "seq": record.get("seq")})
+            else:
+                done(False, "not connected to the broker" if data is not None else
+                     "cannot make a JPEG (OpenCV missing, or mqtt.snapshot.max_bytes too small)")
 
     def _send(self, topic, qos, data):
         """Publish one QoS >= 1 record; its message id, or None if paho's own queue is full."""

@@ -4,8 +4,10 @@ paho 2.x requires ``CallbackAPIVersion`` and passes ReasonCode objects; 1.6
 (the last release for JetPack 4's Python 3.6) passes ints for MQTT 3.1.1 and
 ReasonCodes for MQTT 5. Callers get one signature whatever the version:
 ``on_connect(ok, reason)``, ``on_disconnect(reason)``, ``on_publish(mid, ok)``,
-``on_message(msg)``, ``on_connect_fail()``. Every callback body is guarded: an
-exception is logged, never raised into paho's network thread (paho#365).
+``on_message(msg)``, ``on_connect_fail()``, ``on_subscribe(mid, ok)``. Every callback body
+is guarded: an exception is logged, never raised into paho's network thread (paho#365).
+MQTT 5 properties (response topic, correlation data, user properties) are read and made
+here too (``message_properties``, ``publish_properties``): 1.6 and 2.x share that module.
 """
 
 import logging
@@ -84,7 +86,7 @@ def _guard(name, func):
 
 
 def set_callbacks(client, on_connect=None, on_disconnect=None, on_publish=None, on_message=None,
-                  on_connect_fail=None):
+                  on_connect_fail=None, on_subscribe=None):
     """Install version-independent, guarded callbacks (see the module docstring)."""
     if on_connect is not None:
         def _on_connect(c, u, flags, rc, *rest):
@@ -112,6 +114,47 @@ def set_callbacks(client, on_connect=None, on_disconnect=None, on_publish=None, 
         client.on_message = _guard("message", lambda c, u, msg: on_message(msg))
     if on_connect_fail is not None:
         client.on_connect_fail = _guard("connect_fail", lambda c, u: on_connect_fail())
+    if on_subscribe is not None:
+        def _on_subscribe(c, u, mid, granted, *rest):
+            # 1.6 / MQTT 3.1.1: granted QoS ints; MQTT 5 and 2.x: ReasonCodes. >= 0x80 is a refusal.
+            codes = granted if isinstance(granted, (list, tuple)) else [granted]
+            on_subscribe(mid, all(_code(rc)[0] < 0x80 for rc in codes))
+        client.on_subscribe = _guard("subscribe", _on_subscribe)
+
+
+def message_properties(msg):
+    """(response topic or None, correlation data bytes or None, {user property: value}) of a
+    received message; all empty under MQTT 3.1.1."""
+    props = getattr(msg, "properties", None)
+    if props is None:
+        return None, None, {}
+    topic = getattr(props, "ResponseTopic", None) or None
+    correlation = getattr(props, "CorrelationData", None)
+    user = {}
+    for pair in getattr(props, "UserProperty", None) or ():
+        try:
+            key, value = pair
+        except (TypeError, ValueError):
+            continue
+        user.setdefault(str(key), str(value))
+    return topic, (bytes(correlation) if correlation is not None else None), user
+
+
+def publish_properties(response_topic=None, correlation=None, user=None):
+    """MQTT 5 PUBLISH properties (None when there is none to set); 3.1.1 clients pass None."""
+    if response_topic is None and correlation is None and not user:
+        return None
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.PUBLISH)
+    if response_topic is not None:
+        props.ResponseTopic = response_topic
+    if correlation is not None:
+        props.CorrelationData = correlation
+    for key, value in sorted((user or {}).items()):
+        props.UserProperty = (key, value)  # paho appends: one pair per assignment
+    return props
 
 
 def loop_alive(client):
@@ -132,3 +175,8 @@ def restart_loop(client):
     except Exception:  # already closed
         pass
     client.loop_start()
+
+
+def topic_matches(topic_filter, topic):
+    """Whether ``topic`` matches the subscription ``topic_filter`` (+ and # wildcards)."""
+    return mqtt.topic_matches_sub(topic_filter, topic)

@@ -183,3 +183,21 @@ def spool(device_id, counters):
     for key in SPOOL_FIELDS + ("rejected",):
         out[key] = counters[key]
     return out
+
+
+REPLY_STATUSES = ("accepted", "progress", "ok", "error")
+REPLY_ERRORS = ("malformed", "too_large", "unknown_command", "bad_argument", "busy", "failed")
+
+
+def reply(device_id, request_id, command, status, message, result=None, error=None):
+    """A reply to a remote command (reply.schema.json): ``status`` one of REPLY_STATUSES; ``ok``
+    and ``error`` are final (``final: true``); ``error`` (one of REPLY_ERRORS) names the problem
+    and ``message`` says it in words."""
+    out = {"schema_version": SCHEMA_VERSION, "device_id": device_id, "boot_id": BOOT_ID, "id": request_id,
+           "command": command, "status": status, "final": status in ("ok", "error"), "message": message,
+           "timestamp": round(time.time(), 3)}
+    if error is not None:
+        out["error"] = error
+    if result is not None:
+        out["result"] = result
+    return out

@@ -200,7 +200,7 @@ class Tracker(object):
             self._means, self._covs = kalman.predict(self._means, self._covs)
             pred = kalman.xyah_to_xyxy(self._means[:, :4])
         if not m:
-            used = np.zeros(0, bool)
+            used, dd = np.zeros(0, bool), np.zeros((0, 0))
         elif not n:
             dd = iou_matrix(boxes, boxes)
             used = _duplicates(dd, scores)
