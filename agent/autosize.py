@@ -1,4 +1,4 @@
-"""``size: auto``: the most accurate model size that meets the latency budget / FPS target here.
+"""``size: auto``: the most accurate (model size, precision) that meets the latency budget / FPS target here.
 
 The figures come from the benchmark report (``auto_size.report``, default
 ``<state_dir>/benchmark.json``, written by ``edge-agent benchmark``). A report is used
@@ -13,7 +13,10 @@ synthetic frame: a few seconds) and the report saved.
   GFLOPs as a proxy (bigger models of one family are more accurate), else parameters,
   else the ONNX file size (weights dominate it; needs no ``onnx`` package).
 
-If no size meets the constraints, the fastest one is picked with a WARNING.
+Candidates are (size, precision) pairs: each size's usual artifact, and its ONNX Runtime INT8
+model where the benchmark measured one that passed the build's accuracy gate (report entry
+``<size>@int8``); picking it sets ``onnxruntime.precision: int8``. If no pair meets the
+constraints, the fastest one is picked with a WARNING.
 """
 
 import dataclasses
@@ -70,14 +73,27 @@ def stale_reasons(report, config):
             reasons.append("size {} not measured".format(name))
         elif entry["model"].get("sha256") != sha256_file(size.onnx):
             reasons.append("size {}: model changed".format(name))
+    # INT8 models: each one built (and through the gate) measured, none measured that is gone.
+    from .benchmark import plan
+
+    wanted = {key for key, _, precision in plan(config, sorted(config.sizes)) if precision == "int8"}
+    have = {key for key, e in (report.get("sizes") or {}).items() if "@" in key}
+    for key in sorted(wanted - have):
+        reasons.append("{} built but not measured".format(key))
+    for key in sorted(have - wanted):
+        reasons.append("{} measured but no longer built".format(key))
+    for key in sorted(wanted & have):
+        entry = report["sizes"][key]
+        if not entry.get("model") or not _latency(entry) or not _fps(entry):
+            reasons.append("{} not measured".format(key))
     return reasons
 
 
 def measure(config, previous=None, progress=None):
     """Measure every configured size (speed only, synthetic frames), save and return the report.
 
-    Accuracy of a previous report is kept for models whose sha256 is unchanged. ``progress``:
-    as ``benchmark.run_benchmark``'s. Raises AgentError when a size cannot be measured.
+    Accuracy of a previous report is kept for models whose sha256 (and artifact) is unchanged.
+    ``progress``: as ``benchmark.run_benchmark``'s. Raises AgentError when a size cannot be measured.
     """
     from . import benchmark as bench
 
@@ -86,11 +102,12 @@ def measure(config, previous=None, progress=None):
     options = bench.Options(dataset=None, frames=QUICK_FRAMES, warmup=QUICK_WARMUP, streams=(1,),
                             measure_build=False, accuracy=False)
     report = bench.run_benchmark(config, sizes, options, progress=progress, isolate=False)
-    for name in sizes:
+    for name in report["sizes"]:  # each size, and '<size>@int8' where an INT8 model passed the gate
         old = ((previous or {}).get("sizes") or {}).get(name) or {}
         new = report["sizes"][name]
         if old.get("accuracy") and old.get("model") and new.get("model") \
-                and old["model"].get("sha256") == new["model"].get("sha256"):
+                and old["model"].get("sha256") == new["model"].get("sha256") \
+                and ("@" not in name or old["model"].get("engine_id") == new["model"].get("engine_id")):
             new["accuracy"] = old["accuracy"]
         if new.get("error"):
             raise AgentError("size auto: cannot measure size {}: {}".format(name, new["error"]))
@@ -127,10 +144,35 @@ def _accuracy_key(entries):
     return (lambda e: 0), "nothing (no accuracy figure in the report)"
 
 
+def eligible(entry):
+    """Whether a report entry may be picked: fp32 (or TensorRT's engine), or a reduced precision
+    whose build passed the accuracy gate (or had its loss accepted with --accept-accuracy-loss)."""
+    if entry.get("precision", "fp32") == "fp32":
+        return True
+    gate = (entry.get("model") or {}).get("gate") or {}
+    return bool(gate.get("passed") or gate.get("accepted_loss"))
+
+
+def _gate_note(entry):
+    gate = (entry.get("model") or {}).get("gate") or {}
+    figures = gate.get("map50_95") or {}
+    if entry.get("precision", "fp32") == "fp32" or not figures:
+        return ""
+    return " ({} passed the accuracy gate: mAP50-95 {:.3f} -> {:.3f})".format(
+        entry["precision"], figures.get("fp32", float("nan")), figures.get(entry["precision"], float("nan")))
+
+
+def split_key(key):
+    """(size, precision) of a report entry key: 'accurate@int8' -> ('accurate', 'int8'), 'fast' -> ('fast', None)."""
+    size, _, precision = key.partition("@")
+    return size, precision or None
+
+
 def pick(report, sizes, latency_budget_ms=0.0, target_fps=0.0):
-    """(size, reason, met) from a report: the most accurate of ``sizes`` meeting the constraints,
-    else the fastest (``met`` False)."""
-    entries = {s: report["sizes"][s] for s in sizes}
+    """(entry key, reason, met) from a report: the most accurate (size, precision) of ``sizes`` meeting
+    the constraints, else the fastest (``met`` False). Keys: the size, or '<size>@int8'."""
+    entries = {k: e for k, e in report["sizes"].items()
+               if split_key(k)[0] in sizes and eligible(e)}
     notes, ok = {}, []
     for name, e in sorted(entries.items()):
         lat, fps = _latency(e), _fps(e)
@@ -144,12 +186,13 @@ def pick(report, sizes, latency_budget_ms=0.0, target_fps=0.0):
             fits = fps is not None and fps >= target_fps
             parts.append("{:.1f} FPS {} target {:g}".format(fps or 0.0, ">=" if fits else "<", target_fps))
             good = good and fits
-        notes[name] = "{} {}".format(name, ", ".join(parts))
+        notes[name] = "{} {}{}".format(name, ", ".join(parts), _gate_note(e))
         if good:
             ok.append(name)
     rank, by = _accuracy_key(entries)
     if ok:
-        chosen = max(ok, key=lambda s: (rank(entries[s]), s))
+        # Ties (a proxy rank is the same for both precisions of a size) go to fp32.
+        chosen = max(ok, key=lambda s: (rank(entries[s]), entries[s].get("precision", "fp32") == "fp32", s))
         others = [notes[s] for s in sorted(entries) if s != chosen]
         reason = "size auto: picked {} (most accurate by {} within constraints): {}".format(
             chosen, by, "; ".join([notes[chosen]] + others))
@@ -169,12 +212,16 @@ def resolve(config):
     exists (the service at start and on reload); any other size passes through with reason ''."""
     if config.size != "auto":
         return config, ""
-    size, reason = choose_size_with_reason(config)
+    key, reason = choose_size_with_reason(config)
+    size, precision = split_key(key)
+    if precision is not None:
+        config = dataclasses.replace(config, onnxruntime=dataclasses.replace(config.onnxruntime, precision=precision))
     return dataclasses.replace(config, size=size), reason
 
 
 def choose_size_with_reason(config, report=None):
-    """(size name, one-line reason) for ``size: auto``; measures first when the report is stale.
+    """(entry key, one-line reason) for ``size: auto``: a size name, or '<size>@int8' for its INT8
+    model (see ``split_key``); measures first when the report is stale.
 
     Raises AgentError when the sizes cannot be measured.
     """

@@ -25,16 +25,17 @@ import logging
 import os
 import shutil
 
+from .accuracy import MAP_CONF_THRESHOLD, MAP_MAX_DETECTIONS
 from .errors import AgentError
-from .measure import (MAP_CONF_THRESHOLD, MAP_MAX_DETECTIONS, SPEED_STAGES, Interrupted,  # noqa: F401 (API)
+from .measure import (SPEED_STAGES, Interrupted,  # noqa: F401 (API)
                       Measurer, Options, environment, synthetic_folder)
 from .publish.schema import SCHEMA_VERSION
 
 log = logging.getLogger("edge_agent.benchmark")
 
 
-def empty_size_report(size):
-    return {"size": size, "complete": False, "model": None, "accuracy": None, "baseline": None, "latency": None,
+def empty_size_report(size, precision="fp32"):
+    return {"size": size, "precision": precision, "complete": False, "model": None, "accuracy": None, "baseline": None, "latency": None,
             "throughput": [], "e2e": None, "build": None, "peak_rss_mb": None, "overhead": None, "error": None}
 
 
@@ -73,7 +74,7 @@ def _measure_child(job, send):
 
     from .engines.child import stopping
 
-    config, size, options, log_level = job
+    config, size, options, log_level, precision = job
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(types.SimpleNamespace(put_nowait=send))]
     root.setLevel(log_level)
@@ -85,7 +86,7 @@ def _measure_child(job, send):
         send(event)
 
     try:
-        Measurer(config, size, options, emit).run()
+        Measurer(config, size, options, emit, precision).run()
         send(("result", "peak_rss_mb", _peak_rss_mb()))
         return ("done", None)
     except KeyboardInterrupt:
@@ -117,7 +118,7 @@ def _quiet_libraries():
     return restore
 
 
-def _measure_isolated(config, size, options, on_event):
+def _measure_isolated(config, size, options, on_event, precision=None):
     """Measure ``size`` in a child process; forwards its events. KeyboardInterrupt: stop the child
     (keeping the results it sends back while stopping), then re-raise."""
     from .engines.child import ChildDied, run_in_child
@@ -128,7 +129,7 @@ def _measure_isolated(config, size, options, on_event):
         else:
             on_event(event)
 
-    job = (config, size, options, logging.getLogger().getEffectiveLevel())
+    job = (config, size, options, logging.getLogger().getEffectiveLevel(), precision)
     try:
         last = run_in_child(_measure_child, job, forward, stop_grace_s=5.0, ignore_sigint=True)
     except ChildDied as e:
@@ -138,16 +139,40 @@ def _measure_isolated(config, size, options, on_event):
     on_event(last)
 
 
-def _measure_inline(config, size, options, on_event):
+def _measure_inline(config, size, options, on_event, precision=None):
     try:
-        Measurer(config, size, options, lambda *e: on_event(e)).run()
+        Measurer(config, size, options, lambda *e: on_event(e), precision).run()
         on_event(("done", None))
     except AgentError as e:
         on_event(("error", str(e)))
 
 
-def new_report(config, sizes, options):
-    """An empty report for ``sizes``: the header, and one incomplete entry per size."""
+def plan(config, sizes):
+    """[(entry key, size, precision)] to measure: each size's usual artifact (fp32 on ONNX Runtime,
+    TensorRT's engine of its configured precision), then, on ONNX Runtime, its INT8 model where one
+    is built, valid and passed the accuracy gate (or had its loss accepted)."""
+    from .engines import artifact
+    from .measure import backend_of, entry_key
+
+    backend = backend_of(config)
+    out = []
+    for size in sizes:
+        out.append((entry_key(size), size, "fp32" if backend == "onnxruntime" else None))
+        if backend != "onnxruntime":
+            continue
+        try:
+            _, manifest, _ = artifact.status(artifact.spec_from_config(config, size, backend, precision="int8"))
+        except AgentError:
+            manifest = None
+        gate = (manifest or {}).get("accuracy") or {}
+        if manifest is not None and (gate.get("passed") or gate.get("accepted_loss")):
+            out.append((entry_key(size, "int8"), size, "int8"))
+    return out
+
+
+def new_report(config, sizes, options, entries=None):
+    """An empty report for ``sizes``: the header, and one incomplete entry per (size, precision) of
+    ``entries`` (default: ``plan(config, sizes)``)."""
     from . import __version__
 
     return {
@@ -161,7 +186,8 @@ def new_report(config, sizes, options):
                     "conf_threshold": config.detection.conf_threshold, "iou_threshold": config.detection.iou_threshold,
                     "mqtt_url": options.mqtt_url},
         "interrupted": False,
-        "sizes": {s: empty_size_report(s) for s in sizes},
+        "sizes": {key: empty_size_report(size, precision or "fp32")
+                  for key, size, precision in (entries if entries is not None else plan(config, sizes))},
     }
 
 
@@ -184,12 +210,13 @@ def run_benchmark(config, sizes, options, progress=None, isolate=True, report=No
         if images is None:
             tmp_source = synthetic_folder()
         options = options._replace(source=images or tmp_source)
-    report = report or new_report(config, sizes, options)
+    entries = plan(config, sizes)
+    report = report or new_report(config, sizes, options, entries)
     measure = _measure_isolated if isolate else _measure_inline
     restore = _quiet_libraries() if not isolate else (lambda: None)
     try:
-        for size in sizes:
-            entry = report["sizes"][size]
+        for key, size, precision in entries:
+            entry = report["sizes"][key]
 
             def on_event(event, entry=entry):
                 kind = event[0]
@@ -203,9 +230,9 @@ def run_benchmark(config, sizes, options, progress=None, isolate=True, report=No
                     entry["complete"] = True
                 elif kind == "error":
                     entry["error"] = event[1]
-                    log.error("%s: %s", size, event[1])
+                    log.error("%s: %s", key, event[1])
 
-            measure(config, size, options, on_event)
+            measure(config, size, options, on_event, precision)
     except KeyboardInterrupt:
         report["interrupted"] = True
         err = Interrupted("benchmark interrupted; partial results kept")

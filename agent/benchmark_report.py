@@ -74,11 +74,46 @@ def _fmt(value, spec):
     return format(value, spec)
 
 
+def fp32_of(report, entry):
+    """The fp32 entry of ``entry``'s size (None when it is that entry or was not measured)."""
+    if entry.get("precision", "fp32") == "fp32":
+        return None
+    return next((e for e in report["sizes"].values()
+                 if e.get("size") == entry.get("size") and e.get("precision", "fp32") == "fp32"), None)
+
+
+def versus_fp32(report, entry):
+    """(mAP50-95 drop, bare speed-up) of ``entry`` against its size's fp32 entry; (None, None) when not
+    comparable. The speed-up compares the bare loops, each at its best ONNX Runtime thread setting."""
+    ref = fp32_of(report, entry)
+    if ref is None:
+        return None, None
+    a, b = lookup(ref, "accuracy", "map50_95"), lookup(entry, "accuracy", "map50_95")
+    fa, fb = lookup(ref, "baseline", "fps"), lookup(entry, "baseline", "fps")
+    return (round(a - b, 4) if a is not None and b is not None else None,
+            round(fb / fa, 3) if fa and fb else None)
+
+
+def summary_rows(report):
+    """[(header cells)] + one row per (size, precision): the trade-off in two dimensions."""
+    rows = [["size", "precision", "mAP50-95", "drop vs fp32", "bare infer p50 ms", "speed-up vs fp32",
+             "latency p50 ms", "FPS, 1 stream"]]
+    for e in report["sizes"].values():
+        drop, speedup = versus_fp32(report, e)
+        rows.append([e.get("size") or "-", e.get("precision", "fp32"), _fmt(lookup(e, "accuracy", "map50_95"), ".3f"),
+                     _fmt(None if drop is None else -drop, "+.3f"),
+                     _fmt(lookup(e, "baseline", "infer_ms", "p50"), ".2f"),
+                     "-" if speedup is None else "{:.2f}x".format(speedup),
+                     _fmt(lookup(e, "latency", "stages", "total", "p50"), ".1f"), _fmt(lookup(e, "throughput", 1, "fps"), ".1f")])
+    return rows
+
+
 def table_rows(report):
     """[(label, [cell per size])] of the side-by-side table."""
     entries = [report["sizes"][s] for s in report["sizes"]]
     streams = report["options"]["streams"]
     rows = [
+        ("precision", [e.get("precision", "fp32") for e in entries]),
         ("mAP50", [_fmt(lookup(e, "accuracy", "map50"), ".3f") for e in entries]),
         ("mAP50-95", [_fmt(lookup(e, "accuracy", "map50_95"), ".3f") for e in entries]),
         ("latency p50 ms (1 frame)", [_fmt(lookup(e, "latency", "stages", "total", "p50"), ".1f") for e in entries]),
@@ -112,10 +147,18 @@ def table_rows(report):
 def format_table(report):
     """The report as a plain-text table, sizes side by side, with a footer of how it was measured."""
     sizes = list(report["sizes"])
+    lines = []
+    summary = summary_rows(report)
+    if any(e.get("precision", "fp32") != "fp32" for e in report["sizes"].values()):
+        # One row per (size, precision) first: accuracy drop and speed-up side by side.
+        widths = [max(len(r[i]) for r in summary) for i in range(len(summary[0]))]
+        for row in summary:
+            lines.append("  ".join([c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]))
+        lines.append("")
     rows = table_rows(report)
     width0 = max(len(r[0]) for r in rows)
     widths = [max([len(s)] + [len(r[1][i]) for r in rows]) for i, s in enumerate(sizes)]
-    lines = ["  ".join([" " * width0] + [s.rjust(w) for s, w in zip(sizes, widths)])]
+    lines.append("  ".join([" " * width0] + [s.rjust(w) for s, w in zip(sizes, widths)]))
     for label, cells in rows:
         lines.append("  ".join([label.ljust(width0)] + [c.rjust(w) for c, w in zip(cells, widths)]))
     env, opts = report["environment"], report["options"]
@@ -134,8 +177,20 @@ def format_table(report):
     return "\n".join(lines)
 
 
+def pareto_front(points):
+    """The points no other point beats on both axes (lower latency, higher mAP), by latency:
+    ``points`` [(latency, map, label)]."""
+    front, best = [], float("-inf")
+    for x, y, label in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y, label))
+            best = y
+    return front
+
+
 def plot(report, path):
-    """A PNG of accuracy (mAP50-95) against single-frame p50 latency, one point per size.
+    """A PNG of accuracy (mAP50-95) against single-frame p50 latency: every (size, precision) point,
+    and the Pareto front through the ones nothing beats on both.
 
     Raises AgentError when matplotlib is missing (the ``plot`` extra).
     """
@@ -147,15 +202,20 @@ def plot(report, path):
     except ImportError:
         raise AgentError("--plot needs matplotlib: pip install 'edge-agent[plot]'")
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    points = 0
+    points = []
     for name, e in report["sizes"].items():
         x = lookup(e, "latency", "stages", "total", "p50")
         y = lookup(e, "accuracy", "map50_95")
         if x is None or y is None:
             continue
-        ax.scatter([x], [y], s=60)
+        ax.scatter([x], [y], s=60, marker="o" if e.get("precision", "fp32") == "fp32" else "s")
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6))
-        points += 1
+        points.append((x, y, name))
+    front = pareto_front(points)
+    if len(front) > 1:
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="0.4", linestyle="--",
+                linewidth=1, label="Pareto front")
+        ax.legend(loc="lower right")
     ax.set_xlabel("single-frame latency p50 (ms)")
     ax.set_ylabel("mAP50-95")
     ax.set_title("accuracy vs latency ({})".format(report["environment"].get("runtime") or ""))

@@ -165,6 +165,8 @@ class OnnxRuntimeConfig:
     threads: int = _opt(0, THREADS)  # intra-op threads of a frame alone; 0: ONNX Runtime's default (one per core)
     allow_spinning: bool = True  # spin during a run (never after it): ORT's default, the fastest alone
     frames_in_flight: int = _opt(0, IN_FLIGHT)  # 0: 2 on 2+ cores (one single-threaded run per core)
+    # int8: run the QDQ model `build-engine --precision int8` made (it passed the accuracy gate)
+    precision: str = _opt("fp32", choices=("fp32", "int8"))
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,22 @@ class TensorRTConfig:
     # Integrated GPU (Jetson): engine input and camera frame in mapped host memory, read in place.
     # Off by default: nothing was measured on a Xavier yet (benchmarks/bench_detector_gpu.py --zero-copy).
     zero_copy: bool = False
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    """Reduced-precision builds: how ONNX Runtime quantizes to INT8, and the accuracy gate every
+    backend's INT8/FP16 build passes (agent.engines.quantize, agent.engines.gate)."""
+
+    calib_dir: Optional[str] = None  # onnxruntime INT8 calibration images; empty: the demo calib split
+    calib_method: str = _opt("minmax", choices=("minmax", "entropy", "percentile"))
+    calib_images: int = _opt(32, POSITIVE)  # at most this many calibration images
+    # Blocks kept in float: node-name prefixes ('heads', '/p3', 'tail'), or ['auto']: measured
+    # per-block sensitivity on the calib split decides at build time.
+    keep_float: List[str] = _opt(["auto"])
+    max_map_drop: float = _opt(0.02, UNIT)  # most mAP50-95 (absolute) a build may lose against fp32
+    val_dir: Optional[str] = None  # the gate's COCO split; empty: the demo val split
+    val_images: int = _opt(200, POSITIVE)  # the gate measures at most this many images
 
 
 @dataclass(frozen=True)
@@ -255,6 +273,7 @@ class AgentConfig:
     tracking: TrackingConfig = _opt(TrackingConfig())
     onnxruntime: OnnxRuntimeConfig = _opt(OnnxRuntimeConfig())
     tensorrt: TensorRTConfig = _opt(TensorRTConfig())
+    quantization: QuantizationConfig = _opt(QuantizationConfig())
     output: OutputConfig = _opt(OutputConfig())
     mqtt: MqttConfig = _opt(MqttConfig())
     auto_size: AutoSizeConfig = _opt(AutoSizeConfig())

@@ -26,8 +26,6 @@ from .timing import percentiles
 
 log = logging.getLogger("edge_agent.benchmark")
 
-MAP_CONF_THRESHOLD = 0.001  # mAP needs the whole precision-recall curve (Ultralytics val uses 0.001)
-MAP_MAX_DETECTIONS = 300
 SPEED_STAGES = ("preprocess", "infer", "postprocess", "total")
 
 Options = collections.namedtuple(
@@ -64,6 +62,19 @@ def environment(config):
     except Exception:
         env["runtime"] = None
     return env
+
+
+def backend_of(config):
+    """The backend ``config`` resolves to here."""
+    from .backends import resolve_backend_name
+
+    return resolve_backend_name(config.backend)
+
+
+def entry_key(size, precision=None):
+    """A report entry's key: the size for its fp32 (or TensorRT's one) artifact, '<size>@int8' for the
+    ONNX Runtime INT8 model beside it."""
+    return size if precision in (None, "fp32") else "{}@{}".format(size, precision)
 
 
 def bare_settings():
@@ -125,21 +136,27 @@ class Measurer(object):
     """Measures one size; ``emit(kind, *args)`` receives ('step', text), ('tick', label, done, total)
     and ('result', key, value) events as each section completes."""
 
-    def __init__(self, config, size, options, emit):
-        self.config = dataclasses.replace(config, size=size, max_frames=0)
+    def __init__(self, config, size, options, emit, precision=None):
+        """``precision``: 'int8' measures the size's ONNX Runtime INT8 model; None or 'fp32' the usual one."""
+        config = dataclasses.replace(config, size=size, max_frames=0)
+        if precision is not None and backend_of(config) == "onnxruntime":
+            config = dataclasses.replace(config, onnxruntime=dataclasses.replace(config.onnxruntime,
+                                                                                 precision=precision))
+        self.config = config
         self.size = size
+        self.label = entry_key(size, precision)
         self.opts = options
         self.emit = emit
 
     def step(self, text):
-        self.emit("step", "{}: {}".format(self.size, text))
+        self.emit("step", "{}: {}".format(self.label, text))
 
     def tick(self, label, done, total):
         """Progress, at most 10 events a second (the events must not disturb what is timed)."""
         t = time.monotonic()
         if done >= total or t - getattr(self, "_last_tick", 0.0) >= 0.1:
             self._last_tick = t
-            self.emit("tick", "{} {}".format(self.size, label), done, total)
+            self.emit("tick", "{} {}".format(self.label, label), done, total)
 
     def run(self):
         from .engines.files import sha256_file
@@ -153,7 +170,10 @@ class Measurer(object):
             stats = model_stats(onnx_path)
             meta = stats["metadata"]
             train = meta.get("train_time_s", meta.get("train_wall_s"))
+            manifest = getattr(model.backend, "manifest", None) or self._manifest()
             info = {"onnx": onnx_path, "sha256": sha256_file(onnx_path), "backend": model.backend_name,
+                    "precision": ((manifest or {}).get("precision") or {}).get("built", "fp32"),
+                    "gate": (manifest or {}).get("accuracy"),
                     "engine_id": model.engine_id, "input": list(model.input_size), "params": stats["params"],
                     "gflops": stats["gflops"], "onnx_bytes": os.path.getsize(onnx_path),
                     "train_time_s": _float_or_none(train),
@@ -225,35 +245,24 @@ class Measurer(object):
                 "warmup_ms": [round(v, 3) for v in warm]}
 
     def accuracy(self, model):
-        """mAP of the production pre/post-processing with mAP thresholds over the dataset."""
-        import cv2
-
+        """mAP of the production pre/post-processing with mAP thresholds over the dataset (agent.accuracy,
+        the evaluation the build's accuracy gate uses too)."""
         from . import coco
+        from .accuracy import measure_map
 
         dataset = coco.open_dataset(self.opts.dataset)
-        evaluator = coco.evaluator_name()
-        images = dataset.images[:self.opts.frames] if self.opts.frames else dataset.images
-        detection = dataclasses.replace(self.config.detection, conf_threshold=MAP_CONF_THRESHOLD,
-                                        max_detections=MAP_MAX_DETECTIONS, top_k=max(self.config.detection.top_k,
-                                                                                      30000), classes=[])
-        cats = dataset.category_map(model.labels)
-        results = []
-        self.step("accuracy on {} images of {} ({})".format(len(images), dataset.annotations, evaluator))
-        production, model.detection = model.detection, detection
+        count = min(self.opts.frames, len(dataset.images)) if self.opts.frames else len(dataset.images)
+        self.step("accuracy on {} images of {} ({})".format(count, dataset.annotations, coco.evaluator_name()))
+        return measure_map(model, dataset, self.opts.frames, tick=lambda done, total: self.tick("accuracy", done, total))
+
+    def _manifest(self):
+        """The manifest of the artifact this size loads (None: the ONNX itself)."""
+        from .engines import artifact
+
         try:
-            for i, im in enumerate(images):
-                image = cv2.imread(dataset.image_path(im))
-                if image is None:
-                    raise AgentError("--dataset: cannot read image {}".format(dataset.image_path(im)))
-                found = model.detect(image)
-                results.extend(coco.to_results(im["id"], found.boxes, found.scores, found.class_ids, cats))
-                self.tick("accuracy", i + 1, len(images))
-        finally:
-            model.detection = production
-        m5095, m50 = coco.evaluate(dataset, results, [im["id"] for im in images])
-        return {"map50": round(m50, 4), "map50_95": round(m5095, 4), "images": len(images), "evaluator": evaluator,
-                "conf_threshold": MAP_CONF_THRESHOLD, "iou_threshold": detection.iou_threshold,
-                "max_detections": MAP_MAX_DETECTIONS}
+            return artifact.status(artifact.spec_from_config(self.config, self.size, backend_of(self.config)))[1]
+        except AgentError:
+            return None
 
     def _first_image(self):
         from .sources.files import IMAGE_EXTENSIONS
@@ -282,7 +291,7 @@ class Measurer(object):
             pipeline.stop()
         if len(collect.items) < total:
             raise AgentError("{}: {} run ended after {} of {} frames (see the log)".format(
-                self.size, label, len(collect.items), total))
+                self.label, label, len(collect.items), total))
         return collect
 
     def latency(self, bare):

@@ -38,7 +38,8 @@ FUZZ = dict(deadline=None, database=None,
 ALIASES = {"artifact_bytes": "bytes", "artifact_sha256": "sha256", "schema_version": "schema",
            "batch_requested": "batch profile", "device.gpu": "GPU", "device.compute_capability": "compute capability",
            "device.l4t": "L4T", "runtime.tensorrt": "TensorRT", "runtime.cuda": "CUDA",
-           "precision.requested": "precision"}
+           "precision.requested": "precision", "quantization_requested": "quantization",
+           "quantization_requested.calibration_sha256": "calibration set"}
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),

@@ -10,7 +10,9 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FILES = ["agent/trt_compat.py", "agent/engines/trt_build.py", "agent/backends/tensorrt.py"]
+# build.py and gate.py: the TensorRT build goes through the same accuracy gate as ONNX Runtime's.
+FILES = ["agent/trt_compat.py", "agent/engines/trt_build.py", "agent/backends/tensorrt.py", "agent/engines/build.py",
+         "agent/engines/gate.py"]
 
 
 def _mypy(args, env=None):

@@ -17,14 +17,22 @@ log = logging.getLogger("edge_agent.detect")
 
 def open_detector(config, size):
     """The Detector for ``size`` of ``config``; raises AgentError (ModelError, EngineError, ...)."""
-    from ..backends import backend_class, resolve_backend_name
+    from ..backends import resolve_backend_name
     from ..engines import artifact
+
+    name = resolve_backend_name(config.backend)
+    path, manifest = artifact.artifact_for(config, size, name)
+    return detector_on(config, size, name, path, manifest)
+
+
+def detector_on(config, size, name, path, manifest=None):
+    """The Detector for model file ``path`` on backend ``name`` (a verified artifact, or an ONNX
+    on onnxruntime); the build's accuracy gate measures a new artifact through it."""
+    from ..backends import backend_class
     from ..labels import class_names
     from ..postprocess.decode import make_decoder
     from .cpu import CpuDetector
 
-    name = resolve_backend_name(config.backend)
-    path, manifest = artifact.artifact_for(config, size, name)
     engine_id = (manifest or {}).get("artifact_sha256", "")[:12] or "onnx"
     settings = config.tensorrt if name == "tensorrt" else config.onnxruntime
     backend = backend_class(name)(path, settings)

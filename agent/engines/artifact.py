@@ -13,8 +13,9 @@ import logging
 import os
 from typing import Any, Dict, Tuple
 
+from ..config import data_path
 from ..errors import BackendUnavailable, EngineError, ModelError
-from .files import sha256_file
+from .files import image_set, sha256_file
 from .manifest import (ENVIRONMENT_LABELS, MANIFEST_SCHEMA, differences, manifest_problem, read_manifest, short,
                        shown)
 
@@ -27,18 +28,30 @@ ORT_PROVIDERS = ["CPUExecutionProvider"]  # the optimized model must not depend 
 # Options that shape a build; CLI flags and config fill them (see spec_from_config).
 BuildSpec = collections.namedtuple(
     "BuildSpec",
-    "size backend onnx engines_dir precision calib_dir calib_cache dla_core workspace_mb batch allow_slow_precision",
+    "size backend onnx engines_dir precision calib_dir calib_cache dla_core workspace_mb batch allow_slow_precision "
+    "calib_method calib_images keep_float val_dir val_images max_map_drop accept_accuracy_loss config",
 )
+BuildSpec.__new__.__defaults__ = ("minmax", 32, ("auto",), None, 200, 0.02, False, None)
 
 
-def fix_command(size):
-    """The command that rebuilds ``size``'s artifact."""
-    return "edge-agent build-engine --size {}".format(size)
+def fix_command(size, precision=None):
+    """The command that rebuilds ``size``'s artifact (of ``precision`` when it has its own file)."""
+    return "edge-agent build-engine --size {}{}".format(size, " --precision int8" if precision == "int8" else "")
 
 
-def artifact_paths(engines_dir, size, backend):
-    """(artifact path, manifest path) of ``size`` built for ``backend``."""
+def own_file(backend, precision):
+    """Whether ``precision`` has its own artifact beside the fp32 one: ONNX Runtime's INT8 (QDQ) model.
+
+    TensorRT keeps one engine per size, of the configured precision."""
+    return backend == "onnxruntime" and precision == "int8"
+
+
+def artifact_paths(engines_dir, size, backend, precision=None):
+    """(artifact path, manifest path) of ``size`` built for ``backend``:
+    ``<size>.<backend>.<ext>``, or ``<size>.onnxruntime.int8.onnx`` for ONNX Runtime's INT8."""
     base = os.path.join(engines_dir, "{}.{}".format(size, backend))
+    if own_file(backend, precision):
+        base += "." + precision
     return base + "." + EXTENSIONS[backend], base + ".manifest.json"
 
 
@@ -133,24 +146,32 @@ def spec_from_config(config, size, backend, **overrides):
     """A BuildSpec for ``size`` from the config, with CLI overrides (None: keep the config's)."""
     if size not in config.sizes:
         raise EngineError("size {!r} is not configured (known: {})".format(size, ", ".join(sorted(config.sizes))))
-    trt_cfg = config.tensorrt
+    trt_cfg, qcfg = config.tensorrt, config.quantization
+    ort = backend == "onnxruntime"
+    precision = overrides.get("precision") or (config.onnxruntime.precision if ort else trt_cfg.precision)
     values = {
         "size": size, "backend": backend, "onnx": config.sizes[size].onnx, "engines_dir": config.engines_dir,
-        "precision": trt_cfg.precision if backend == "tensorrt" else "fp32",
-        "calib_dir": trt_cfg.calib_dir, "calib_cache": None, "dla_core": trt_cfg.dla_core,
+        "precision": precision,
+        "calib_dir": (qcfg.calib_dir or data_path("data", "demo", "calib")) if ort else trt_cfg.calib_dir,
+        "calib_cache": None, "dla_core": trt_cfg.dla_core,
         "workspace_mb": trt_cfg.workspace_mb, "batch": None, "allow_slow_precision": False,
+        "calib_method": qcfg.calib_method, "calib_images": qcfg.calib_images, "keep_float": tuple(qcfg.keep_float),
+        "val_dir": qcfg.val_dir or data_path("data", "demo", "val"), "val_images": qcfg.val_images,
+        "max_map_drop": qcfg.max_map_drop, "accept_accuracy_loss": False, "config": config,
     }
     for key, value in overrides.items():
         if value is not None:
             values[key] = value
+    values["keep_float"] = tuple(values["keep_float"])
     spec = BuildSpec(**values)
-    if spec.backend == "onnxruntime" and spec.precision != "fp32":
-        raise EngineError("--precision {}: the onnxruntime backend builds fp32 only (precision applies to tensorrt)"
+    if spec.backend == "onnxruntime" and spec.precision not in ("fp32", "int8"):
+        raise EngineError("--precision {}: the onnxruntime backend builds fp32 or int8 (fp16 applies to tensorrt)"
                           .format(spec.precision))
     if spec.backend == "tensorrt" and spec.precision == "int8" and not (spec.calib_dir or spec.calib_cache):
         raise EngineError("precision int8 needs calibration images (tensorrt.calib_dir / --calib-dir) or --calib-cache")
     return spec._replace(onnx=os.path.abspath(spec.onnx) if spec.onnx else "",
-                         engines_dir=os.path.abspath(spec.engines_dir))
+                         engines_dir=os.path.abspath(spec.engines_dir),
+                         calib_dir=os.path.abspath(spec.calib_dir) if spec.calib_dir else spec.calib_dir)
 
 
 def default_calib_cache(spec):
@@ -182,13 +203,28 @@ def wanted_manifest(spec):
         "dla_core": spec.dla_core if trt else None,
         "workspace_mb": spec.workspace_mb if trt else None,
         "calib_cache_sha256": sha256_file(calib_cache) if calib_cache and os.path.isfile(calib_cache) else None,
+        "quantization_requested": quantization_requested(spec),
     }
 
 
+def quantization_requested(spec):
+    """What an ONNX Runtime INT8 build was asked for (method, images, float blocks, calibration set
+    hash: None where the calib folder is absent, as on a device that only runs the model); else None."""
+    if not own_file(spec.backend, spec.precision):
+        return None
+    _, digest = image_set(spec.calib_dir, spec.calib_images)
+    return {"method": spec.calib_method, "calib_images": spec.calib_images, "keep_float": list(spec.keep_float),
+            "calibration_sha256": digest}
+
+
 def _invalid(path, reason, size):
-    error = EngineError("{}: {}; run: {}".format(path, reason, fix_command(size)))
+    error = EngineError("{}: {}; run: {}".format(path, reason, fix_command(size, _precision_of(path))))
     setattr(error, "reason", reason)  # status() reports the reason without the path and fix
     return error
+
+
+def _precision_of(path):
+    return "int8" if os.path.basename(path).split(".")[2:3] == ["int8"] else None
 
 
 def verify_artifact(path):
@@ -235,7 +271,7 @@ def verify_artifact(path):
 
 def status(spec):
     """(artifact path, manifest or None, [reasons it must be rebuilt]) for ``spec``."""
-    path, manifest_path = artifact_paths(spec.engines_dir, spec.size, spec.backend)
+    path, manifest_path = artifact_paths(spec.engines_dir, spec.size, spec.backend, spec.precision)
     wanted = wanted_manifest(spec)
     if not os.path.isfile(path) or not os.path.isfile(manifest_path):
         return path, None, ["no artifact yet" if not os.path.isfile(path) else "manifest missing"]
@@ -243,6 +279,10 @@ def status(spec):
         manifest = verify_artifact(path)
     except EngineError as e:
         return path, None, [getattr(e, "reason", str(e))]
+    requested, had = wanted.get("quantization_requested"), manifest.get("quantization_requested")
+    if requested and isinstance(had, dict) and requested.get("calibration_sha256") is None:
+        # No calibration images here (a device that only runs the model): nothing to compare them with.
+        requested["calibration_sha256"] = had.get("calibration_sha256")
     reasons = differences(manifest, wanted)
     return path, (None if reasons else manifest), reasons
 
@@ -270,7 +310,8 @@ def artifact_for(config, size_name, backend_name, on_building=None):
     unless ``config.tensorrt.auto_build``, then it is built (``on_building(message)`` is
     called first, so a service can extend its start timeout). onnxruntime: the verified
     optimized model if there is one, else the ONNX itself with manifest None (logged at
-    WARNING when an optimized model exists but fails verification).
+    WARNING when an optimized model exists but fails verification); with
+    ``onnxruntime.precision: int8`` the verified INT8 model or EngineError (no silent fp32).
     """
     from .child import run_in_child
 
@@ -279,6 +320,10 @@ def artifact_for(config, size_name, backend_name, on_building=None):
     if manifest is not None:
         return path, manifest
     reason = "; ".join(reasons)
+    if own_file(backend_name, spec.precision):
+        # INT8 was asked for: running the fp32 ONNX instead would lower it silently.
+        raise EngineError("{}: int8 model {} not usable ({}); run: {}".format(
+            size_name, path, reason, fix_command(size_name, spec.precision)))
     if backend_name == "onnxruntime":
         # An optimized model that fails verification (tampered, stale, bad manifest) is never
         # loaded; the configured ONNX is what it was built from, so running that is safe, only

@@ -54,11 +54,14 @@ def _name(target):
     return target if isinstance(target, str) else "{}:{}".format(target.__module__, target.__name__)
 
 
-def build(spec, progress=None, force=False, writer=None):
+def build(spec, progress=None, force=False, writer=None, gate_required=True):
     """Build ``spec``'s artifact unless up to date; return (path, manifest, built: bool).
 
-    ``progress(message)`` receives one line per event. Raises ModelError for a bad ONNX,
-    EngineError for a failed build (the previous artifact and manifest stay untouched).
+    ``progress(message)`` receives one line per event. A reduced-precision (fp16, int8) build
+    passes the accuracy gate before it replaces anything (``accuracy_gate``); with
+    ``gate_required`` False (the runtime's auto-build) a missing val split skips the gate with
+    a warning instead of failing. Raises ModelError for a bad ONNX, EngineError for a failed
+    build, AccuracyGateError for a refused one (the previous artifact and manifest stay untouched).
     """
     emit = progress or (lambda message: log.info("%s", message))
     path, manifest, reasons = status(spec)
@@ -70,6 +73,15 @@ def build(spec, progress=None, force=False, writer=None):
     os.makedirs(spec.engines_dir, exist_ok=True)
     if not os.access(spec.engines_dir, os.W_OK):
         raise EngineError("{}: engines dir not writable".format(spec.engines_dir))
+    gate = spec.precision != "fp32"
+    if gate:
+        try:
+            _check_val_dir(spec)
+        except EngineError as e:
+            if gate_required:
+                raise
+            gate = False
+            emit("warning: accuracy gate skipped: {}".format(e))
     scratch = os.path.join(spec.engines_dir, ".{}.part-{}".format(os.path.basename(path), os.getpid()))
     start = time.time()
     try:
@@ -84,11 +96,15 @@ def build(spec, progress=None, force=False, writer=None):
             "builder_flags": result.get("builder_flags", []),
             "onnx_metadata": result.get("onnx_metadata", {}),
             "calib_cache_sha256": result.get("calib_cache_sha256"),
+            "quantization": result.get("quantization"),
             "build_time_s": round(time.time() - start, 2),
             "built_at": datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z",
         })
         for key in ("runtime", "device"):
             manifest[key] = dict(manifest[key], **result.get(key, {}))
+        if gate:
+            manifest["accuracy"] = accuracy_gate(spec, path, scratch, manifest, emit)
+            manifest["build_time_s"] = round(time.time() - start, 2)
         manifest_tmp = stage_file(manifest_path_of(path), json.dumps(manifest, indent=2, sort_keys=True).encode(),
                                   writer)
         commit_files([(scratch, path), (manifest_tmp, manifest_path_of(path))])
@@ -97,6 +113,48 @@ def build(spec, progress=None, force=False, writer=None):
     emit("{}: built {} in {:.1f}s ({}, {} bytes)".format(
         spec.size, path, manifest["build_time_s"], manifest["precision"]["built"], manifest["artifact_bytes"]))
     return path, manifest, True
+
+
+def _check_val_dir(spec):
+    """The gate's val split must be there before a build spends minutes; raises EngineError."""
+    if not spec.val_dir or not os.path.isfile(os.path.join(spec.val_dir, "instances.json")) and not (
+            os.path.isfile(spec.val_dir) and spec.val_dir.endswith(".json")):
+        raise EngineError("--val-dir: no COCO split at {} (instances.json + images/): the accuracy gate of a {} "
+                          "build measures on it".format(spec.val_dir, spec.precision))
+
+
+def accuracy_gate(spec, path, scratch, manifest, emit):
+    """Measure the new artifact ``scratch`` against the FP32 reference (agent.engines.gate, in a child);
+    return the manifest's ``accuracy``, or raise AccuracyGateError naming the drop.
+
+    Every backend comes here: a TensorRT engine is loaded by the TensorRT backend, which
+    verifies it against its manifest, so the candidate's manifest is staged beside it meanwhile.
+    """
+    from ..config import load_config
+    from .gate import AccuracyGateError, verdict
+
+    staged = None
+    if spec.backend == "tensorrt":
+        staged = manifest_path_of(scratch)
+        with open(staged, "w") as f:
+            json.dump(manifest, f)
+    job = {"config": spec.config or load_config(None, check_files=False), "size": spec.size, "backend": spec.backend,
+           "precision": spec.precision, "reference": spec.onnx, "candidate": scratch, "val_dir": spec.val_dir,
+           "val_images": spec.val_images}
+    try:
+        accuracy = run_builder("agent.engines.gate:measure_job", job, emit, what=scratch, label=spec.size)
+    finally:
+        if staged is not None:
+            remove_quietly(staged)
+    keeping = "the previous {} artifact".format(os.path.basename(path)) if os.path.isfile(path) else "fp32"
+    refusal = verdict(accuracy, spec.max_map_drop, spec.accept_accuracy_loss, keeping)
+    if refusal is not None:
+        raise AccuracyGateError(refusal, accuracy)
+    emit("{}: accuracy gate: {} mAP50-95 {:.3f} -> {:.3f} ({:+.3f}, limit {:.3f}){}".format(
+        spec.size, spec.precision, accuracy["map50_95"]["fp32"], accuracy["map50_95"][spec.precision],
+        -accuracy["drop"], spec.max_map_drop, "; loss accepted (--accept-accuracy-loss)" if accuracy["accepted_loss"]
+        else ""))
+    return accuracy
 
 
 def compile_kernels_for(engines_dir, manifest, progress=None, nvcc=None):
@@ -129,5 +187,5 @@ def compile_kernels_for(engines_dir, manifest, progress=None, nvcc=None):
 
 def build_for_runtime(job, send):
     """A child's forced build of BuildSpec ``job`` for the runtime's auto-build; returns (path, manifest)."""
-    path, manifest, _ = build(BuildSpec(**job), progress=send, force=True)
+    path, manifest, _ = build(BuildSpec(**job), progress=send, force=True, gate_required=False)
     return path, manifest

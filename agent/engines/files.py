@@ -26,6 +26,26 @@ def sha256_file(path, chunk=1 << 20):
     return h.hexdigest()
 
 
+def image_set(folder, limit=0):
+    """(the first ``limit`` image paths under ``folder``, sorted; sha256 of their names and bytes),
+    ([], None) when the folder is missing or has none. The hash names a calibration set."""
+    import glob
+
+    from ..sources.files import IMAGE_EXTENSIONS
+
+    if not folder or not os.path.isdir(folder):
+        return [], None
+    paths = sorted(p for p in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
+                   if p.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(p))
+    paths = paths[:limit] if limit else paths
+    if not paths:
+        return [], None
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(os.path.relpath(p, folder).encode("utf-8") + b"\0" + sha256_file(p).encode("ascii") + b"\n")
+    return paths, h.hexdigest()
+
+
 def _default_writer(f, data):
     f.write(data)
 

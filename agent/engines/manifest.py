@@ -28,7 +28,23 @@ _COMPARED = [
     ("dla_core", lambda m: m.get("dla_core"), False),
     ("workspace_mb", lambda m: m.get("workspace_mb"), False),
     ("calib_cache_sha256", lambda m: m.get("calib_cache_sha256"), True),
+    ("quantization", lambda m: _recipe(m.get("quantization_requested")), False),
+    ("calibration set", lambda m: _calibration(m.get("quantization_requested")), True),
 ]
+
+
+def _recipe(requested):
+    """The INT8 recipe requested, without the calibration hash (compared on its own)."""
+    if not isinstance(requested, dict):
+        return requested
+    keep = requested.get("keep_float")
+    keep = ",".join(shown(k) for k in keep) if isinstance(keep, list) else shown(keep)
+    return "{} on {} images, float: {}".format(shown(requested.get("method")), shown(requested.get("calib_images")),
+                                                keep or "none")
+
+
+def _calibration(requested):
+    return requested.get("calibration_sha256") if isinstance(requested, dict) else None
 ENVIRONMENT_LABELS = ("TensorRT", "CUDA", "onnxruntime", "providers", "GPU", "compute capability", "L4T")
 
 
@@ -47,12 +63,22 @@ def short(value):
     return shown(value, 9)
 
 
+def portable(manifest):
+    """Whether the artifact is plain ONNX that any ONNX Runtime loads: the INT8 QDQ model (not a graph
+    optimized by, and for, one ONNX Runtime version), so that version is not compared."""
+    precision = manifest.get("precision")
+    return manifest.get("backend") == "onnxruntime" and isinstance(precision, dict) and \
+        precision.get("built") == "int8"
+
+
 def differences(old, new, labels=None):
     """Human-readable reasons why manifest ``old`` does not match ``new``: ['TensorRT 8.2.1 → 8.5.2']."""
     out = []
     for label, get, hashed in _COMPARED:
         if labels is not None and label not in labels:
             continue
+        if label == "onnxruntime" and portable(old):
+            continue  # quantized on a newer machine (onnxruntime >= 1.11), run on JetPack 4's 1.10
         a, b = get(old), get(new)
         if a == b:
             continue
@@ -89,6 +115,8 @@ _SHAPE = (
     ("batch_requested", "a list or null", False), ("dla_core", "an integer or null", False),
     ("workspace_mb", "an integer or null", False), ("calib_cache_sha256", "a string or null", False),
     ("build_time_s", "a number or null", False), ("built_at", "a string or null", False),
+    ("quantization_requested", "a mapping or null", False), ("quantization", "a mapping or null", False),
+    ("accuracy", "a mapping or null", False),
 )
 _KINDS = {"a string": str, "an integer": int, "a number": (int, float), "a mapping": dict, "a list": list}  # type: Dict[str, Any]
 

@@ -53,11 +53,54 @@ def _ort_specs(values):
 
 
 def build_onnxruntime(job, emit):
-    """ONNX Runtime's counterpart of an engine: the graph optimized at ORT_ENABLE_EXTENDED."""
+    """ONNX Runtime's counterpart of an engine: the graph optimized at ORT_ENABLE_EXTENDED (fp32),
+    or the QDQ model of ONNX Runtime's static quantization (int8)."""
     import onnxruntime as ort
 
     if job.get("batch"):
         emit("building", "--batch ignored: onnxruntime runs dynamic batch without a profile")
+    if job["precision"] == "int8":
+        facts = quantize_onnxruntime(job, emit)
+    else:
+        facts = optimize_onnxruntime(ort, job, emit)
+    emit("verifying", "loading the {} model back".format("int8" if job["precision"] == "int8" else "optimized"))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        # A partial write (full disk) must not pass as a model.
+        sess = ort.InferenceSession(job["scratch"], sess_options=so, providers=ORT_PROVIDERS)
+    except Exception as e:
+        raise EngineError("the {} model of {} does not load back ({} bytes free in {}): {}".format(
+            job["precision"], job["onnx"], _free_bytes(job["scratch"]), os.path.dirname(job["scratch"]),
+            _first_line(e)))
+    with open(job["scratch"], "rb") as f:
+        os.fsync(f.fileno())
+    if job["precision"] == "int8":
+        return dict(facts, inputs=_ort_specs(sess.get_inputs()), outputs=_ort_specs(sess.get_outputs()))
+    return {"precision_built": "fp32", "inputs": _ort_specs(sess.get_inputs()), "outputs": _ort_specs(sess.get_outputs()),
+            "profile": None, "builder_flags": ["graph_optimization_level=" + ORT_OPT_LEVEL]}
+
+
+def quantize_onnxruntime(job, emit):
+    """INT8: a QDQ model by ONNX Runtime's static quantization (agent.engines.quantize), float blocks
+    chosen by measured sensitivity when ``keep_float`` is auto."""
+    from . import quantize as q
+
+    recipe = q.recipe_from(job["calib_method"], job["calib_images"], job["keep_float"])
+    search = None
+    if recipe.keep_float == ("auto",):
+        keep, search = q.choose_float_blocks(job, recipe, emit)
+        recipe = recipe._replace(keep_float=keep)
+    facts = q.quantize(job["onnx"], job["scratch"], recipe, job["calib_dir"], emit)
+    if search is not None:
+        facts["search"] = search
+    facts["requested_keep_float"] = list(job["keep_float"])
+    return {"precision_built": "int8", "profile": None, "quantization": facts,
+            "builder_flags": ["quantize_static", "QDQ", "per_channel", "calibrate_method=" + recipe.method]}
+
+
+def optimize_onnxruntime(ort, job, emit):
+    """FP32: the graph optimized at ORT_ENABLE_EXTENDED, written to the job's scratch file."""
     emit("optimizing", "optimizing {} with onnxruntime {} ({})".format(job["onnx"], ort.__version__, ORT_OPT_LEVEL))
     so = ort.SessionOptions()
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_OPT_LEVEL)
@@ -75,19 +118,7 @@ def build_onnxruntime(job, emit):
             os.path.dirname(job["scratch"]), _free_bytes(job["scratch"]), reason))
     if not os.path.isfile(job["scratch"]):
         raise EngineError("onnxruntime wrote no optimized model for {}".format(job["onnx"]))
-    emit("verifying", "loading the optimized model back")
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        # A partial write (full disk) must not pass as a model.
-        sess = ort.InferenceSession(job["scratch"], sess_options=so, providers=ORT_PROVIDERS)
-    except Exception as e:
-        raise EngineError("the optimized model of {} does not load back ({} bytes free in {}): {}".format(
-            job["onnx"], _free_bytes(job["scratch"]), os.path.dirname(job["scratch"]), _first_line(e)))
-    with open(job["scratch"], "rb") as f:
-        os.fsync(f.fileno())
-    return {"precision_built": "fp32", "inputs": _ort_specs(sess.get_inputs()), "outputs": _ort_specs(sess.get_outputs()),
-            "profile": None, "builder_flags": ["graph_optimization_level=" + ORT_OPT_LEVEL]}
+    return {}
 
 
 def check_detector(path, inputs, outputs, metadata):
