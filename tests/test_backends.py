@@ -10,11 +10,12 @@ from conftest import ROOT
 def test_pick_measures_both_then_takes_the_faster_and_follows_a_change_of_load():
     wide, narrow = "wide", "narrow"  # the picker only compares and returns them
     pick = _Pick(wide, narrow)
-    first, second = pick.session(), None
-    pick.took(first, 0.005)
-    second = pick.session()
-    assert {first, second} == {wide, narrow}  # each is tried once before any choice
-    pick.took(second, 0.009)
+    tried = []
+    for k in range(2 * _Pick.SAMPLES):  # each tried SAMPLES times, alternately; a slow first run is outvoted
+        s = pick.session()
+        tried.append(s)
+        pick.took(s, 0.050 if k == 0 else (0.005 if s == wide else 0.009))
+    assert tried.count(wide) == tried.count(narrow) == _Pick.SAMPLES and tried[:2] == [wide, narrow]
     chosen = [pick.session() for _ in range(2 * _Pick.EXPLORE)]
     assert chosen.count(narrow) == 2 and chosen.count(wide) == 2 * _Pick.EXPLORE - 2  # explores now and then
     # Load arrives: the wide session's lone runs slow down to 16 ms; the narrow one wins within a few frames.
@@ -35,9 +36,9 @@ def test_real_backend_runs_alone_and_side_by_side_with_the_same_outputs():
     try:
         assert backend.concurrency == 2 and len(backend._pick.sessions) == 2
         blob = np.random.default_rng(0).random((1, 3, 320, 320), dtype=np.float32)
-        alone = [backend.infer(blob)["output0"] for _ in range(3)]
+        alone = [backend.infer(blob)["output0"] for _ in range(2 * _Pick.SAMPLES)]
         side = backend.infer(blob, parallel=True)["output0"]
-        assert None not in backend._pick.mean  # both sessions measured alone
+        assert [len(r) for r in backend._pick.recent] == [_Pick.SAMPLES] * 2  # both sessions measured alone
         for out in alone:
             np.testing.assert_allclose(out, side, rtol=1e-4, atol=1e-3)
     finally:

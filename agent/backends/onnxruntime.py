@@ -1,5 +1,6 @@
 """ONNX Runtime backend: the CPU path for development, CI, demos and GPU-less users."""
 
+import collections
 import logging
 import os
 import time
@@ -119,28 +120,30 @@ class OnnxRuntimeBackend(Backend):
 
 
 class _Pick(object):
-    """Which session runs a frame alone: the one with the lower moving average of its recent
-    lone runs; every EXPLORE-th lone frame goes to the other, so a change in load (another
-    process taking a core away from the spinning wide session) is noticed."""
+    """Which session runs a frame alone: the one whose recent lone runs (median of the last
+    SAMPLES) were faster; each is tried SAMPLES times first (alternately, so a slow first run
+    does not decide), then every EXPLORE-th lone frame goes to the other, so a change in
+    load (another process taking a core away from the spinning wide session) is noticed."""
 
     EXPLORE = 50
+    SAMPLES = 5
 
     def __init__(self, wide, narrow):
         self.sessions = [wide] if narrow is wide else [wide, narrow]
-        self.mean = [None] * len(self.sessions)
+        self.recent = [collections.deque(maxlen=self.SAMPLES) for _ in self.sessions]
         self.count = 0
 
     def session(self):
         self.count += 1
-        if None in self.mean:
-            return self.sessions[self.mean.index(None)]
-        best = self.mean.index(min(self.mean))
+        sizes = [len(r) for r in self.recent]
+        if min(sizes) < self.SAMPLES:
+            return self.sessions[sizes.index(min(sizes))]
+        medians = [sorted(r)[self.SAMPLES // 2] for r in self.recent]
+        best = medians.index(min(medians))
         return self.sessions[1 - best if self.count % self.EXPLORE == 0 else best]
 
     def took(self, session, seconds):
-        k = self.sessions.index(session)
-        m = self.mean[k]
-        self.mean[k] = seconds if m is None else 0.7 * m + 0.3 * seconds
+        self.recent[self.sessions.index(session)].append(seconds)
 
 
 def _imgsz(session):
