@@ -14,7 +14,8 @@ For each model, all in one process, one after the other:
 - **agent**: the real Pipeline with the default config on the demo video (1280x720,
   unpaced), FPS after warm-up, as a ratio to the best bare FPS and as a share of the bound;
 - **latency**: the Pipeline on the same video paced at 30 fps: p50 capture-to-sink
-  against the best bare ``session.run`` p50;
+  against the best bare ``session.run`` p50, back to back and called at 30 fps (the
+  runtime idle between frames, as under a camera); with tracking on (the default) and off;
 - ``--scaling``: pipeline FPS and CPU time per frame with 1, 2 and 4 cameras, at 720p
   and 1080p, with 10 and 300 objects in the scene (videos rendered by
   scripts/make_video.py into a temp dir), each as a ratio to the bare model.
@@ -52,9 +53,10 @@ class CountSink(Sink):
         self.totals.append(record["timing_ms"]["total"])
 
 
-def config_for(model, cameras, frames=0):
+def config_for(model, cameras, frames=0, tracking=True):
     return load_config(overrides={"size": "fast", "sizes": {"fast": {"onnx": model}}, "output": {"jsonl": None},
-                                  "max_frames": frames, "cameras": cameras}, environ={})
+                                  "max_frames": frames, "cameras": cameras,
+                                  "tracking": {"enabled": tracking}}, environ={})
 
 
 def first_frame(video):
@@ -126,12 +128,12 @@ def bound(model, video, frames, bare_1thread_cpu):
             "fps": 1e3 * CORES / per_frame}
 
 
-def agent(model, videos, frames, warmup=20, fps=0.0):
+def agent(model, videos, frames, warmup=20, fps=0.0, tracking=True):
     """Run the Pipeline (default config) on ``videos`` (one camera each); FPS, CPU ms/frame, totals."""
     cams = [{"id": "cam{}".format(i), "source": v, "loop": True, "realtime": fps > 0, "fps": fps}
             for i, v in enumerate(videos)]
     sink = CountSink()
-    pipeline = Pipeline(config_for(model, cams, frames + warmup), [sink])
+    pipeline = Pipeline(config_for(model, cams, frames + warmup, tracking), [sink])
     pipeline.start()
     try:
         while len(sink.totals) < warmup * len(videos):
@@ -157,6 +159,7 @@ def one_model(model, video, args):
     fps, cpu, _ = agent(model, [video], args.frames)
     _, _, totals = agent(model, [video], max(90, args.frames // 3), fps=30.0)
     lat = statistics.median(totals)
+    _, _, untracked = agent(model, [video], max(90, args.frames // 3), fps=30.0, tracking=False)
     paced = bare_paced(model, blob, best[0])
     print("\n## {} (input {}x{}), {} cores, 1280x720 demo video".format(name, blob.shape[3], blob.shape[2], CORES))
     print("| bare session.run | FPS | p50 ms | CPU ms/frame |\n|---|---|---|---|")
@@ -170,6 +173,9 @@ def one_model(model, video, args):
     print("latency at 30 fps: p50 capture->sink {:.2f} ms (p95 {:.2f}); best bare session.run p50 {:.2f} ms "
           "back to back ({:+.2f} ms), {:.2f} ms called at 30 fps ({:+.2f} ms)".format(
               lat, float(np.percentile(totals, 95)), best[2], lat - best[2], paced, lat - paced))
+    lat = statistics.median(untracked)
+    print("  the same with tracking off: p50 {:.2f} ms ({:+.2f} ms back to back, {:+.2f} ms at 30 fps)".format(
+        lat, lat - best[2], lat - paced))
     return best
 
 
