@@ -136,7 +136,7 @@ class Pipeline(object):
             self.stop()
             raise
         output = threading.Thread(target=self._output_loop, name="output", daemon=True)
-        self._helpers = [threading.Thread(target=self._infer_loop, args=("infer-{}".format(k + 2),),
+        self._helpers = [threading.Thread(target=self._infer_loop, args=("infer-{}".format(k + 2), k + 1),
                                           name="infer-{}".format(k + 2), daemon=True)
                          for k in range(self._detector.concurrency - 1)]
         self._threads = [infer, output] + self._helpers
@@ -386,8 +386,8 @@ class Pipeline(object):
     def _done_feeding(self):
         return all(c.ended.is_set() for c in self.cameras) and not self._swap
 
-    def _infer_loop(self, name):
-        index = 0 if name == "infer" else int(name.split("-")[1]) - 1
+    def _infer_loop(self, name, index=0):
+        """Inference thread ``name``, the ``index``-th (0: the one that owns the detector)."""
         try:
             while True:
                 self._beat(name)
