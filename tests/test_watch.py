@@ -129,6 +129,18 @@ def test_mutated_valid_payload_is_shown_or_skipped_with_one_line(data, kind):
     _still_shows_a_valid_message(board, kind)
 
 
+@pytest.mark.parametrize("zones", [{"door": None}, {"door": {"total": None}}, {"door": 3}, {"door": {"total": "x"}}])
+def test_counts_with_odd_zones_are_shown_or_skipped(zones):
+    """Found by the fuzz test above in CI: a null zone crashed the board."""
+    board = Board()
+    for k in sorted(VALID):
+        board.update(TOPICS[k], VALID[k])
+    board.update(TOPICS["counts"], dict(VALID["counts"], zones=zones))
+    _shows_one_table(board)
+    assert board.skipped == (0 if zones["door"] is None or zones["door"] == {"total": None} else 1)
+    _still_shows_a_valid_message(board, "counts")
+
+
 @settings(max_examples=100, **FUZZ)
 @given(device=st.text(max_size=10), camera=st.text(max_size=10), label=st.text(max_size=10))
 def test_names_from_topics_and_labels_never_break_the_table(device, camera, label):

@@ -81,12 +81,12 @@ def _read(parts, payload):
         classes = _field(payload, "classes", dict, "a mapping") or {}
         for k, v in classes.items():
             _field(classes, k, int, "an integer", "classes." + str(k))
-        zones = _field(payload, "zones", dict, "a mapping") or {}
-        for k, z in zones.items():
-            _field(zones, k, dict, "a mapping", "zones." + str(k))
-            _field(z, "total", int, "an integer", "zones.{}.total".format(k))
+        zones = {}
+        for k, z in (_field(payload, "zones", dict, "a mapping") or {}).items():
+            if _field({k: z}, k, dict, "a mapping", "zones." + str(k)) is not None:  # null: nothing to show
+                zones[k] = _field(z, "total", int, "an integer", "zones.{}.total".format(k)) or 0
         return "counts", {"total": _field(payload, "total", int, "an integer"), "classes": classes,
-                          "zones": {k: z.get("total") or 0 for k, z in zones.items()}}
+                          "zones": zones}
     if len(parts) == 3 and parts[2] == "detections":
         dets = _items(payload, "detections", dict, "a mapping")
         labels = [_field(d, "label", str, "a string", "detections[{}].label".format(i)) or "?"
