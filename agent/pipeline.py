@@ -405,10 +405,8 @@ class Pipeline(object):
                         detector = self._detector
                         if job.detector is not detector:  # prepared for the detector we just swapped out
                             camera.dropped += 1
-                        elif detector.concurrency > 1:
-                            job.pending = detector.infer(job.frame.image, job.prepared, parallel)
                         else:
-                            job.pending = detector.infer(job.frame.image, job.prepared)
+                            job.pending = detector.infer(job.frame.image, job.prepared, parallel)
                 finally:
                     with self._count:
                         self._inflight -= 1

@@ -53,7 +53,7 @@ class CpuDetector(Detector):
 
     def infer(self, image, prepared, parallel=False):
         t0 = now()
-        outputs = self.backend.infer(prepared.blob, parallel) if parallel else self.backend.infer(prepared.blob)  # copies: the buffer may be released after this
+        outputs = self.backend.infer(prepared.blob, parallel)  # copies: the buffer may be released after this
         return outputs, prepared.mapping, {"preprocess": prepared.ms, "infer": stage_ms(t0)}
 
     def finish(self, pending):
