@@ -83,6 +83,8 @@ def mutated(draw, kind):
             parent[path[-1]]
         except (KeyError, IndexError, TypeError):  # an earlier mutation replaced the parent
             continue
+        if not isinstance(parent, (dict, list)):  # ... with a string, which indexes but can't be assigned
+            continue
         if draw(st.booleans()) and isinstance(parent, dict):
             del parent[path[-1]]
         else:
