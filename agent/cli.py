@@ -23,6 +23,7 @@ COMMANDS = {
     "benchmark": ("agent.commands.benchmark", "benchmark", "Measure accuracy and speed of model sizes on a labelled dataset."),
     "watch": ("agent.commands.watch", "watch", "Watch agents over MQTT: devices, FPS, latencies, detections."),
     "ctl": ("agent.commands.ctl", "ctl", "Send a command to an agent over MQTT (size, snapshot, reload, status, benchmark)."),
+    "simulate": ("agent.commands.simulate", "simulate", "Simulate a fleet of devices publishing replayed records (load test)."),
     "doctor": ("agent.commands.doctor", "doctor", "Check this machine for what the agent needs, and print fixes."),
     "install-service": ("agent.commands.install", "install_service", "Install and enable the systemd service (root)."),
     "uninstall-service": ("agent.commands.install", "uninstall_service", "Remove the systemd service (root)."),
