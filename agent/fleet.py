@@ -68,9 +68,11 @@ def parse_brokers(urls):
         try:
             tls, host, port, _ = parse_url(url)
         except AgentError as e:
-            raise SimulationError("--broker[{}]: {}".format(i, str(e).replace("mqtt.url: ", "")))
+            raise SimulationError("--broker (URL {} of {}): {}".format(i + 1, len(urls),
+                                                                      str(e).replace("mqtt.url: ", "")))
         if tls:
-            raise SimulationError("--broker[{}]: the simulator speaks plain mqtt:// only, got {!r}".format(i, url))
+            raise SimulationError("--broker (URL {} of {}): the simulator speaks plain mqtt:// only, got {!r}"
+                                  .format(i + 1, len(urls), url))
         out.append((host, port))
     return out
 
@@ -108,7 +110,7 @@ class Simulation(object):
     """N virtual devices on one selector thread; ``run(duration_s)`` returns a summary dict."""
 
     def __init__(self, devices, fps, brokers, prefix="edge-agent", device_prefix="sim", replay=None,
-                 qos=1, keepalive=30, drop_at_end=False):
+                 qos=1, keepalive=30, drop_at_end=False, connect_timeout=30.0):
         if devices < 1:
             raise SimulationError("--devices: expected an integer >= 1, got {}".format(devices))
         if not fps > 0:
@@ -118,6 +120,7 @@ class Simulation(object):
         self.qos = qos
         self.keepalive = keepalive
         self.drop_at_end = drop_at_end
+        self.connect_timeout = connect_timeout
         self.records = replay if replay is not None else load_replay()
         self.devices = [_Device(i, "{}-{:04d}".format(device_prefix, i + 1), prefix,
                                 self.brokers[i % len(self.brokers)], (i * 7) % len(self.records))
@@ -209,8 +212,9 @@ class Simulation(object):
                 self._connect(dev, now)
             self._watch(dev)
 
-    def connect(self, timeout=30.0):
-        """Connect every device and wait for their CONNACKs; raises SimulationError after ``timeout``."""
+    def connect(self):
+        """Connect every device and wait for their CONNACKs; raises SimulationError after ``connect_timeout``."""
+        timeout = self.connect_timeout
         now = time.monotonic()
         for dev in self.devices:
             self._connect(dev, now)

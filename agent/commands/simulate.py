@@ -11,7 +11,7 @@ def _brokers(ctx, param, values):
     try:
         parse_brokers(values)
     except SimulationError as e:
-        raise click.BadParameter(str(e).split(": ", 1)[1], ctx=ctx, param=param)
+        raise click.BadParameter(str(e).split(" ", 1)[1], ctx=ctx, param=param)
     return values
 
 
@@ -28,10 +28,13 @@ def _brokers(ctx, param, values):
 @click.option("--qos", type=click.IntRange(0, 1), default=1, show_default=True, help="QoS of the detection records.")
 @click.option("--replay", type=click.Path(exists=True, dir_okay=False), default=None,
               help="JSON lines (.gz or not) of recorded detection records (default: tests/data/fleet-replay.jsonl.gz).")
+@click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds for every device to connect; exit 1 naming the first that did not.")
 @click.option("--drop-at-end", is_flag=True,
               help="End by dropping the connections (the broker publishes every last will), not by a clean stop.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON line.")
-def simulate(devices, fps, brokers, duration, prefix, device_prefix, qos, replay, drop_at_end, as_json):
+def simulate(devices, fps, brokers, duration, prefix, device_prefix, qos, replay, connect_timeout, drop_at_end,
+             as_json):
     """Run DEVICES virtual agents, each publishing FPS detection records a second.
 
     Each device has its own client, device id, boot id, retained status with a
@@ -41,7 +44,8 @@ def simulate(devices, fps, brokers, duration, prefix, device_prefix, qos, replay
     """
     from ..fleet import load_replay, simulate as run
 
-    kwargs = {"prefix": prefix, "device_prefix": device_prefix, "qos": qos, "drop_at_end": drop_at_end}
+    kwargs = {"prefix": prefix, "device_prefix": device_prefix, "qos": qos, "drop_at_end": drop_at_end,
+              "connect_timeout": connect_timeout}
     if replay:
         kwargs["replay"] = load_replay(replay)
     summary = run(devices, fps, list(brokers), duration, **kwargs)
