@@ -12,7 +12,7 @@ gap, p95 delay < 1 s and the offered rate reached; the steps stop after the firs
     python benchmarks/bench_fleet.py --mosquitto                      # starts its own mosquitto
     python benchmarks/bench_fleet.py --broker mqtt://h:1883 [--broker ...] --consumer mqtt://h:1883 \\
         [--broker-pid PID ...]                                        # an existing broker / cluster
-    python benchmarks/bench_fleet.py --rabbitmq DIR                   # tests/rabbitmq_cluster.py's 3 nodes
+    python benchmarks/bench_fleet.py --rabbitmq $(mktemp -d)          # tests/rabbitmq_cluster.py's 3 nodes
 
 Options: --steps 10,50,100,200,400,800 (devices), --fps 10, --duration 20, --json FILE.
 """
@@ -60,25 +60,16 @@ def start_mosquitto(workdir):
 
 
 def start_rabbitmq(directory):
-    """The 3-node cluster of tests/rabbitmq_cluster.py: (its MQTT URLs, the pids of its beam processes)."""
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "rabbitmq_cluster.py"), "start", directory],
-                         stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
-    urls = [w for w in out.split() if w.startswith("mqtt://")]
-    return urls, beam_pids(directory)
+    """tests/rabbitmq_cluster.py's 3-node cluster: (the cluster, its MQTT URLs, the pids of its beams)."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from rabbitmq_cluster import RabbitCluster
 
-
-def beam_pids(directory):
+    cluster = RabbitCluster(directory, nodes=3).start()
     pids = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open("/proc/{}/cmdline".format(pid), "rb") as f:
-                    cmd = f.read().decode(errors="replace")
-            except OSError:
-                continue
-            if "beam.smp" in cmd and directory in cmd:
-                pids.append(int(pid))
-    return pids
+    for node in cluster.state["nodes"]:
+        with open(os.path.join(node["home"], "rabbit.pid")) as f:
+            pids.append(int(f.read().strip()))
+    return cluster, cluster.urls, pids
 
 
 def cpu_seconds(pids):
@@ -140,7 +131,8 @@ def main(argv=None):
     ap.add_argument("--consumer", help="URL the consumer subscribes on (default: the last --broker).")
     ap.add_argument("--broker-pid", type=int, action="append", default=[], help="Broker process(es) to measure.")
     ap.add_argument("--mosquitto", action="store_true", help="Start a mosquitto for the run.")
-    ap.add_argument("--rabbitmq", metavar="DIR", help="Start tests/rabbitmq_cluster.py's cluster in DIR (stopped after).")
+    ap.add_argument("--rabbitmq", metavar="DIR",
+                    help="Start tests/rabbitmq_cluster.py's 3 nodes in DIR (a new directory; stopped after).")
     ap.add_argument("--steps", default="10,50,100,200,400,800,1200,1600", help="Device counts, in order.")
     ap.add_argument("--fps", type=float, default=10.0)
     ap.add_argument("--duration", type=float, default=20.0, help="Seconds of publishing per step.")
@@ -148,13 +140,13 @@ def main(argv=None):
     ap.add_argument("--json", help="Write the rows here.")
     args = ap.parse_args(argv)
 
-    proc = None
+    proc = cluster = None
     brokers, pids = list(args.broker), list(args.broker_pid)
     if args.mosquitto:
         proc, url = start_mosquitto(tempfile.mkdtemp(prefix="bench-fleet-"))
         brokers, pids = [url], [proc.pid]
     elif args.rabbitmq:
-        brokers, pids = start_rabbitmq(args.rabbitmq)
+        cluster, brokers, pids = start_rabbitmq(args.rabbitmq)
     if not brokers:
         ap.error("give --broker URL, --mosquitto or --rabbitmq DIR")
     consumer = args.consumer or brokers[-1]
@@ -175,8 +167,8 @@ def main(argv=None):
         if proc is not None:
             proc.terminate()
             proc.wait(10)
-        if args.rabbitmq:
-            subprocess.run([sys.executable, os.path.join(ROOT, "tests", "rabbitmq_cluster.py"), "stop", args.rabbitmq])
+        if cluster is not None:
+            cluster.stop()
     good = [r for r in rows if r["ok"]]
     if good:
         best = max(good, key=lambda r: r["offered_rps"])
