@@ -118,8 +118,11 @@ class PersistentBroker(Broker):
     """A mosquitto that keeps sessions and queued QoS 1 messages across stop()/start()."""
 
     def conf_lines(self):
+        # As root, mosquitto drops to the mosquitto user, which cannot write under pytest's 0700
+        # tmp dirs: it would log "Error saving in-memory database" and lose every session at restart.
+        user = ["user root\n"] if os.geteuid() == 0 else []
         return ["allow_anonymous true\n", "persistence true\npersistence_location {}/\n".format(self.workdir),
-                "max_queued_messages 0\nmax_inflight_messages 0\n"]
+                "max_queued_messages 0\nmax_inflight_messages 0\n"] + user
 
 
 @pytest.fixture

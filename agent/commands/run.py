@@ -97,7 +97,8 @@ def check_config(config_path, as_json):
     config, path = resolve(config_path, {})
     if as_json:
         data = to_dict(config)
-        data["mqtt"]["url"] = redact(config.mqtt.url)
+        urls = [redact(u) for u in config.mqtt.urls]
+        data["mqtt"]["url"] = urls[0] if isinstance(config.mqtt.url, str) else urls
         for cam in data["cameras"]:
             cam["source"] = redact(cam["source"])
         click.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -110,5 +111,5 @@ def check_config(config_path, as_json):
         click.echo("size {}: {}".format(name, size.onnx))
     for cam in config.cameras:
         click.echo("camera {}: {}".format(cam.id, describe_source(cam.source)))
-    click.echo("mqtt: {}".format(redact(config.mqtt.url) if config.mqtt.enabled else "off"))
+    click.echo("mqtt: {}".format(", ".join(redact(u) for u in config.mqtt.urls) if config.mqtt.enabled else "off"))
     click.echo("ok")
