@@ -100,6 +100,7 @@ class _Device(object):
         """This device's status payload: offline with ``reason``, else online with ``online``'s keys."""
         out = schema.offline(self.device_id, reason or "")
         out["boot_id"] = self.boot_id
+        out["broker"] = "mqtt://{}:{}".format(*self.broker)
         if reason is None:
             del out["reason"]
             out.update(online, state="online")

@@ -11,7 +11,7 @@ import pytest
 
 from agent.fleet import Consumer, load_replay
 from agent.publish import paho_compat
-from conftest import ROOT, free_port, run_cli
+from conftest import ROOT, Broker, free_port, run_cli
 
 SCHEMAS = os.path.join(ROOT, "agent", "schemas")
 
@@ -104,6 +104,7 @@ def test_every_device_delivers_every_seq_with_its_own_ids_and_status(broker):
         assert states == [("online", None) + tuple(boot), ("offline", "stopped") + tuple(boot)], device
         for p, _ in statuses[device]:
             jsonschema.validate(p, status)
+            assert p["broker"] == broker.url
     assert len(boots) == 5  # one boot id per device
 
     # The consumer counted what the collector saw.
@@ -137,6 +138,27 @@ def test_dropped_connections_publish_every_last_will(broker):
                                                                           ("offline", "connection lost")]
         assert {p["boot_id"] for p, _ in payloads} == boots[device]
         jsonschema.validate(payloads[-1][0], schema("status"))
+
+
+def test_devices_are_spread_round_robin_over_the_brokers(broker, tmp_path):
+    other = Broker(tmp_path / "other")
+    os.makedirs(other.workdir)
+    other.start()
+    collectors = [Collector(broker.url), Collector(other.url)]
+    try:
+        summary = simulate(broker.url, "--broker", other.url, "--devices", "4", "--fps", "5", "--duration", "1")
+        seen = [c.wait(lambda ms: sum(p.get("state") == "offline" for _, p, _ in ms) >= 2) for c in collectors]
+    finally:
+        for c in collectors:
+            c.close()
+        other.stop()
+    assert summary["published"] == 20
+    expected = (["sim-0001", "sim-0003"], ["sim-0002", "sim-0004"])
+    for messages, url, devices in zip(seen, (broker.url, other.url), expected):
+        records = by_device(messages, "detections")
+        assert sorted(records) == devices
+        assert all([r["seq"] for r, _ in recs] == list(range(1, 6)) for recs in records.values())
+        assert {p["broker"] for t, p, _ in messages if t.endswith("/status")} == {url}
 
 
 @pytest.mark.parametrize("args, culprit", [
