@@ -3,6 +3,9 @@
 import collections
 import json
 import os
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
@@ -191,3 +194,57 @@ def test_replay_is_a_recorded_run_that_validates():
     for r in records:
         jsonschema.validate(r, detections)
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+
+
+def _doc_block(marker):
+    with open(os.path.join(ROOT, "docs", "fleet.md")) as f:
+        text = f.read()
+    return text.split(marker, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def _query(path, sql):
+    """One row of ``sql`` on the docs consumer's database; None before it has its table."""
+    if not path.exists():
+        return None
+    db = sqlite3.connect(str(path), timeout=10)
+    try:
+        return db.execute(sql).fetchone()
+    except sqlite3.OperationalError:  # the table is not made yet
+        return None
+    finally:
+        db.close()
+
+
+@pytest.mark.skipif(paho_compat.PAHO_VERSION < (2, 0), reason="the docs' consumer is written for paho-mqtt 2.x")
+def test_the_docs_consumer_group_stores_every_record_once(broker, tmp_path):
+    script = tmp_path / "consumer.py"
+    script.write_text(_doc_block("<!-- consumer -->"))
+    host, port = broker.url.rsplit("/", 1)[1].split(":")
+    database = tmp_path / "records.sqlite"
+    fleet = "SELECT COUNT(*), COUNT(DISTINCT device_id), MAX(seq) FROM records WHERE device_id != 'probe'"
+    consumers = [subprocess.Popen([sys.executable, str(script), host, port, "store-{}".format(i)], cwd=str(tmp_path))
+                 for i in (1, 2)]
+    try:
+        # Probe records until the group stores one (a member has subscribed); then the fleet.
+        probe = paho_compat.make_client("probe")
+        probe.connect(host, int(port), 30)
+        probe.loop_start()
+        for seq in range(1, 100):
+            record = {"boot_id": "probe", "camera_id": "cam0", "seq": seq, "device_id": "probe", "timestamp": 0}
+            probe.publish("edge-agent/probe/cam0/detections", json.dumps(record), qos=1)
+            time.sleep(0.2)
+            if (_query(database, "SELECT COUNT(*) FROM records") or (0,))[0]:
+                break
+        probe.disconnect()
+        probe.loop_stop()
+        summary = simulate(broker.url, "--devices", "6", "--fps", "5", "--duration", "2")
+        deadline = time.monotonic() + 15
+        while (_query(database, fleet) or (0,))[0] < 60 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        rows = _query(database, fleet)
+    finally:
+        for p in consumers:
+            p.terminate()
+            p.wait(10)
+    assert summary["published"] == 60
+    assert rows == (60, 6, 10)  # every record once: 6 devices, seqs 1..10
