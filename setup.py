@@ -13,7 +13,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.6",
     packages=find_packages(include=["agent", "agent.*"]),
-    package_data={"agent": ["schemas/*.json", "kernels/*.cu", "kernels/*.h"]},
+    package_data={"agent": ["schemas/*.json", "kernels/*.cu", "kernels/*.h", "fleet/*.jsonl.gz"]},
     data_files=[
         ("share/edge-agent/models", glob.glob("models/*.onnx") + glob.glob("models/*.md")),
         ("share/edge-agent/systemd", glob.glob("systemd/*")),

@@ -27,7 +27,7 @@ def _brokers(ctx, param, values):
 @click.option("--device-prefix", default="sim", show_default=True, help="Device ids are PREFIX-0001, PREFIX-0002, ...")
 @click.option("--qos", type=click.IntRange(0, 1), default=1, show_default=True, help="QoS of the detection records.")
 @click.option("--replay", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="JSON lines (.gz or not) of recorded detection records (default: tests/data/fleet-replay.jsonl.gz).")
+              help="JSON lines (.gz or not) of recorded detection records (default: agent/fleet/replay.jsonl.gz).")
 @click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Seconds for every device to connect; exit 1 naming the first that did not.")
 @click.option("--drop-at-end", is_flag=True,
