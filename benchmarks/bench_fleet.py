@@ -126,6 +126,9 @@ def step(devices, fps, duration, brokers, consumer_url, broker_pids):
            "sim_us_per_record": sim["cpu_us_per_record"], "sim_core_per_1000_rps": sim["core_per_1000_rps"],
            "sim_max_lag_s": sim["max_lag_s"], "broker_cores": round(broker_cores, 2) if broker_pids else None,
            "consumer_cores": round(consumer_cores, 2), "others_cores": round(max(0.0, others), 2)}
+    # The broker's CPU per record carried (in, and out to the one consumer).
+    row["broker_us_per_record"] = (round(broker_cores / row["delivered_rps"] * 1e6, 1)
+                                   if broker_pids and row["delivered_rps"] else None)
     row["ok"] = (row["gaps"] == 0 and row["p95_s"] is not None and row["p95_s"] < 1.0
                  and sim["rate"] >= 0.95 * offered)
     return row
@@ -133,9 +136,10 @@ def step(devices, fps, duration, brokers, consumer_url, broker_pids):
 
 COLUMNS = [("devices", "{:>7}"), ("offered_rps", "{:>8}"), ("delivered_rps", "{:>9}"), ("gaps", "{:>6}"),
            ("duplicates", "{:>4}"), ("p50_s", "{:>7}"), ("p95_s", "{:>7}"), ("sim_us_per_record", "{:>9}"),
-           ("sim_core_per_1000_rps", "{:>9}"), ("broker_cores", "{:>7}"), ("consumer_cores", "{:>7}"),
+           ("sim_core_per_1000_rps", "{:>9}"), ("broker_cores", "{:>7}"), ("broker_us_per_record", "{:>9}"),
+           ("consumer_cores", "{:>7}"),
            ("others_cores", "{:>7}"), ("ok", "{:>5}")]
-HEADER = ["devices", "offered", "delivered", "gaps", "dup", "p50 s", "p95 s", "sim us/r", "core/1k", "broker",
+HEADER = ["devices", "offered", "delivered", "gaps", "dup", "p50 s", "p95 s", "sim us/r", "core/1k", "broker", "brk us/r",
           "consumer", "others", "ok"]
 
 
