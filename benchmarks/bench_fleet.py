@@ -134,6 +134,45 @@ def step(devices, fps, duration, brokers, consumer_url, broker_pids):
     return row
 
 
+def thread_per_client(devices, fps, duration, url):
+    """The naive alternative to the simulator's one selector thread: paho's loop_start (a network
+    thread) per client, the publishes from one scheduling thread. Returns CPU us per record."""
+    from agent.fleet.simulation import load_replay
+    from agent.publish import paho_compat
+    from agent.publish.base import dumps
+    from agent.publish.broker import parse_url
+
+    _, host, port, _ = parse_url(url)
+    replay = load_replay()
+    clients = []
+    for i in range(devices):
+        c = paho_compat.make_client("naive-{}-{}".format(i, os.getpid()))
+        c.connect(host, port, 30)
+        c.loop_start()
+        clients.append(c)
+    time.sleep(2.0)
+    frames = int(duration * fps)
+    period = 1.0 / fps
+    start = time.monotonic()
+    cpu0 = time.process_time()
+    infos = []
+    for k in range(frames):
+        for i, c in enumerate(clients):
+            due = start + k * period + period * i / devices
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            rec = dict(replay[(k + i) % len(replay)], device_id="naive-{}".format(i), seq=k + 1, timestamp=time.time())
+            infos.append(c.publish("edge-agent/naive-{}/cam0/detections".format(i), dumps(rec), qos=1))
+    for info in infos:
+        info.wait_for_publish(10)
+    cpu = time.process_time() - cpu0
+    for c in clients:
+        c.disconnect()
+        c.loop_stop()
+    return round(cpu / len(infos) * 1e6, 1)
+
+
 COLUMNS = [("devices", "{:>7}"), ("offered_rps", "{:>8}"), ("delivered_rps", "{:>9}"), ("gaps", "{:>6}"),
            ("duplicates", "{:>4}"), ("p50_s", "{:>7}"), ("p95_s", "{:>7}"), ("sim_us_per_record", "{:>9}"),
            ("sim_core_per_1000_rps", "{:>9}"), ("broker_cores", "{:>7}"), ("broker_us_per_record", "{:>9}"),
@@ -156,6 +195,9 @@ def main(argv=None):
     ap.add_argument("--duration", type=float, default=20.0, help="Seconds of publishing per step.")
     ap.add_argument("--all-steps", action="store_true", help="Go on after a step bends.")
     ap.add_argument("--json", help="Write the rows here.")
+    ap.add_argument("--thread-per-client", type=int, metavar="N",
+                    help="Only measure the naive way (N clients, a paho network thread each) against the simulator's "
+                         "one selector thread, at --fps for --duration s; on --broker or --mosquitto.")
     args = ap.parse_args(argv)
 
     proc = cluster = None
@@ -167,6 +209,20 @@ def main(argv=None):
         cluster, brokers, pids = start_rabbitmq(args.rabbitmq)
     if not brokers:
         ap.error("give --broker URL, --mosquitto or --rabbitmq DIR")
+    if args.thread_per_client:
+        try:
+            naive = thread_per_client(args.thread_per_client, args.fps, args.duration, brokers[0])
+            sim = json.loads(subprocess.run(
+                [sys.executable, "-m", "agent.cli", "--log-level", "error", "simulate", "--json", "--devices",
+                 str(args.thread_per_client), "--fps", str(args.fps), "--duration", str(args.duration),
+                 "--broker", brokers[0]], cwd=ROOT, stdout=subprocess.PIPE, universal_newlines=True).stdout)
+            print("{} clients x {:g} fps: a network thread per client {} us CPU per record; one selector thread "
+                  "(edge-agent simulate) {} us".format(args.thread_per_client, args.fps, naive,
+                                                       sim["cpu_us_per_record"]))
+        finally:
+            if proc is not None:
+                proc.terminate()
+        return
     consumer = args.consumer or brokers[-1]
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
