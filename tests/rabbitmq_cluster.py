@@ -174,7 +174,7 @@ class RabbitCluster(object):
                         "loopback_users.guest = true\n"
                         "disk_free_limit.absolute = 10MB\n"
                         "log.console = false\n"
-                        "log.file.level = warning\n".format(amqp, mqtt))
+                        "log.file.level = info\n".format(amqp, mqtt))
             with open(os.path.join(home, "enabled_plugins"), "w") as f:
                 f.write("[rabbitmq_mqtt].\n")
             self.state["nodes"].append({"name": name, "amqp": amqp, "dist": dist, "mqtt": mqtt, "home": home})

@@ -50,7 +50,7 @@ class MqttSink(Sink):
         self.failover = Failover(m.urls, reconnect_min_s, reconnect_max_s)
         self.url, self.host, self.port = self.failover.current  # the broker in use (or tried next)
         self.username = m.username or url_user
-        self.client_id = m.client_id or "edge-agent-{}-{}".format(config.device_id, uuid.uuid4().hex[:6])
+        self.client_id = m.client_id or self._new_client_id()
         # Read credentials and TLS files now: make_sinks() runs before any camera opens, so a
         # bad file is a ConfigError (exit 78) naming the key instead of a sink that never connects.
         self._password = read_password(m)
@@ -267,7 +267,7 @@ class MqttSink(Sink):
     def _on_connect(self, ok, reason):
         if ok:
             self._state = "connected"
-            log.info("MQTT connected to %s", self.url)
+            log.info("MQTT connected to %s as %s", self.url, self.client_id)
             self.failover.connected()
             for topic_filter, qos, _ in list(self._subscriptions):
                 self._client.subscribe(topic_filter, qos)
@@ -302,10 +302,20 @@ class MqttSink(Sink):
         """After a failure: move to the next broker of mqtt.url, to be tried after a jittered
         backoff (broker.Failover); says which and when, for the log line."""
         delay = self.failover.failed()
+        url = self.url
         self.url, self.host, self.port = self.failover.current
+        if self.url != url and not self.config.mqtt.client_id:
+            # A generated id is new on another broker: RabbitMQ 3.x keeps a clean session's QoS 1
+            # subscription (the commands) in a durable queue on the node it was made on, and refuses
+            # the same id elsewhere while that node is down (docs/fleet.md). A configured id stays.
+            self.client_id = self._new_client_id()
+            paho_compat.set_client_id(self._client, self.client_id)
         self._set_will()
         paho_compat.retry_at(self._client, self.host, self.port, delay)
         return "next try: {} in {:.1f} s".format(self.url, delay)
+
+    def _new_client_id(self):
+        return "edge-agent-{}-{}".format(self.device_id, uuid.uuid4().hex[:6])
 
     def _set_will(self):
         """The last will names the broker it is left with: paho sends it with every CONNECT."""
