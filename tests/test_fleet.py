@@ -18,7 +18,7 @@ import time
 
 import jsonschema
 
-from conftest import ROOT, Broker, PersistentBroker, free_port
+from conftest import ROOT, Broker, PersistentBroker
 from test_mqtt import Subscriber, first_occurrences, make_config, record, schema, start_sink, wait_state
 
 BRIDGE_EXAMPLE = os.path.join(ROOT, "docs", "mosquitto-bridge.conf")
