@@ -151,7 +151,7 @@ class Discovery(object):
 
     def start(self):
         # QoS 0: only the retained configs matter, and a QoS 1 subscription of a clean session is a
-        # durable queue on RabbitMQ 3.x, which pins the agent to that node (docs/fleet.md).
+        # durable queue on RabbitMQ 3.x, which pins the agent to that node (docs/mqtt.md, failover).
         self.sink.subscribe(self._filter, self._on_message, qos=0)
 
     def _on_message(self, msg):

@@ -7,6 +7,8 @@ final shape (``schema``); this module adds only the status's ``timestamp`` and
 ``spool`` fields when it sends. Snapshots follow ``snapshot.SnapshotPolicy``.
 The remote control (agent.control) uses the same connection through ``subscribe`` and
 ``send``, and asks for a snapshot now with ``request_snapshot``.
+With several brokers in ``mqtt.url``, a lost or failed connection moves to the next one
+after a jittered backoff (``broker.Failover``); the status names the broker in use.
 Topics and payloads: docs/mqtt.md.
 
 The module is longer than 400 lines because the publisher thread alone owns the paho
@@ -307,7 +309,7 @@ class MqttSink(Sink):
         if self.url != url and not self.config.mqtt.client_id:
             # A generated id is new on another broker: RabbitMQ 3.x keeps a clean session's QoS 1
             # subscription (the commands) in a durable queue on the node it was made on, and refuses
-            # the same id elsewhere while that node is down (docs/fleet.md). A configured id stays.
+            # the same id elsewhere while that node is down (docs/mqtt.md). A configured id stays.
             self.client_id = self._new_client_id()
             paho_compat.set_client_id(self._client, self.client_id)
         self._set_will()
@@ -318,7 +320,7 @@ class MqttSink(Sink):
         return "edge-agent-{}-{}".format(self.device_id, uuid.uuid4().hex[:6])
 
     def _set_will(self):
-        """The last will names the broker it is left with: paho sends it with every CONNECT."""
+        """The last will names the broker it goes to: paho sends it with every CONNECT."""
         will = dict(schema.offline(self.device_id, "connection lost"), broker=self.url)
         self._client.will_set(self.base + "/status", dumps(will), qos=1, retain=True)
 
