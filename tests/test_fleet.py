@@ -18,7 +18,7 @@ import time
 
 import jsonschema
 
-from conftest import ROOT, Broker, PersistentBroker
+from conftest import ROOT, Broker, PersistentBroker, free_port
 from test_mqtt import Subscriber, first_occurrences, make_config, record, schema, start_sink, wait_state
 
 BRIDGE_EXAMPLE = os.path.join(ROOT, "docs", "mosquitto-bridge.conf")
@@ -122,7 +122,24 @@ def test_cluster_failover_when_the_connected_node_is_killed(rabbitmq_cluster, tm
         jsonschema.validate(s, schema("status"))
 
 
-# --- mosquitto: every broker down, then one back ----------------------------------------------
+# --- mosquitto: a broker down at start; every broker down, then one back ----------------------
+
+def test_a_dead_first_broker_at_start_moves_to_the_next(broker, tmp_path):
+    dead = "mqtt://127.0.0.1:{}".format(free_port())
+    sub = Subscriber(broker.url, ["edge-agent/dev1/status"])
+    sink = start_sink(make_config(tmp_path, [dead, broker.url], client_id="gate-7"))
+    try:
+        assert wait_state(sink, "connected", timeout=10), sink.state()
+        assert sub.wait_for(lambda: sub.json("/status") and sub.json("/status")[-1]["broker"] == broker.url)
+        assert sink.url == broker.url and sink.client_id == "gate-7"  # a configured client id stays
+    finally:
+        sink.close()
+        sub.close()
+    will = sub.json("/status")[-1]
+    assert will["state"] == "offline" and "broker" not in will  # a clean stop, not the will
+    jsonschema.validate(sub.json("/status")[0], schema("status"))
+
+
 
 def test_every_broker_down_spools_then_drains_in_order_through_the_one_back(tmp_path):
     dirs = [tmp_path / "a", tmp_path / "b"]
