@@ -222,7 +222,9 @@ class SnapshotConfig:
 @dataclass(frozen=True)
 class MqttConfig:
     enabled: bool = False
-    url: str = "mqtt://localhost:1883"  # mqtt:// or mqtts://
+    # mqtt:// or mqtts://; or a list of them (a cluster's nodes): the agent moves to the next one,
+    # round-robin with backoff, when the connection is lost or fails. Read it through ``urls``.
+    url: Union[str, List[str]] = "mqtt://localhost:1883"
     prefix: str = "edge-agent"
     client_id: str = ""  # empty: edge-agent-<device>-<random>
     protocol: str = _opt("3.1.1", choices=("3.1.1", "5"))
@@ -244,6 +246,11 @@ class MqttConfig:
     # Home Assistant MQTT discovery: retained configs under homeassistant_prefix; false clears them.
     homeassistant: bool = False
     homeassistant_prefix: str = "homeassistant"
+
+    @property
+    def urls(self):
+        """The broker URLs in order (``url`` as a list, even when it is one string)."""
+        return [self.url] if isinstance(self.url, str) else list(self.url)
 
 
 @dataclass(frozen=True)
@@ -346,6 +353,8 @@ def _convert(tp, value, key):
         args = [a for a in tp.__args__ if a is not type(None)]
         if value is None:
             return None
+        if isinstance(value, list):  # Union[str, List[str]]: the list form, if the field has one
+            args = [a for a in args if _origin(a) is list] or args
         return _convert(args[0], value, key)
     if origin is list:
         if not isinstance(value, list):
@@ -605,7 +614,7 @@ def validate(config, check_files=True):
         raise ConfigError("mqtt.publish: 'events' needs tracking.enabled: true (events come from the tracks)")
     if config.size == "auto" and not (config.auto_size.latency_budget_ms or config.auto_size.target_fps):
         raise ConfigError("auto_size: size is 'auto' but neither latency_budget_ms nor target_fps is set")
-    _check_mqtt_url(config.mqtt.url)
+    _check_mqtt_urls(config.mqtt.url)
     if config.mqtt.tls.key and not config.mqtt.tls.cert:
         raise ConfigError("mqtt.tls.key: set without mqtt.tls.cert (the key would be ignored)")
     if check_files:
@@ -653,24 +662,45 @@ def _check_topic_prefix(key, value):
                           "empty levels or a leading '$', got {}".format(key, _describe(value)))
 
 
-def _check_mqtt_url(url):
+def _check_mqtt_urls(url):
+    """One URL, or a non-empty list of them sharing one scheme and user; raises ConfigError naming the index."""
+    if isinstance(url, str):
+        _check_mqtt_url("mqtt.url", url)
+        return
+    if not url:
+        raise ConfigError("mqtt.url: expected a broker URL or a non-empty list of them, got an empty list")
+    for i, u in enumerate(url):
+        _check_mqtt_url("mqtt.url[{}]".format(i), u)
+    first = urlsplit(url[0])
+    for i, u in enumerate(url[1:], 1):
+        parts = urlsplit(u)
+        # One TLS context and one login serve every broker of the list (paho sets them once per client).
+        if parts.scheme != first.scheme:
+            raise ConfigError("mqtt.url[{}]: every broker in the list must use the scheme of mqtt.url[0] ({}://), "
+                              "got {}".format(i, first.scheme, _describe(redact(u))))
+        if parts.username != first.username:
+            raise ConfigError("mqtt.url[{}]: every broker in the list must use the user of mqtt.url[0] ({}), "
+                              "got {}".format(i, first.username or "none", _describe(redact(u))))
+
+
+def _check_mqtt_url(key, url):
     """mqtt[s]://[user@]host[:port], port 1..65535, nothing after it; raises ConfigError."""
     shown = _describe(redact(url))
     try:
         parts = urlsplit(url)
         port = parts.port  # ValueError: not a number, or outside 0..65535
     except ValueError as e:
-        raise ConfigError("mqtt.url: cannot parse {}: {}".format(shown, e))
+        raise ConfigError("{}: cannot parse {}: {}".format(key, shown, e))
     if (parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or parts.path.strip("/") or parts.query
             or parts.fragment or "[" in parts.netloc or not parts.netloc.isprintable() or " " in parts.netloc):
         # IPv6 literals: the publisher splits host and port at the only ':' (not yet supported).
-        raise ConfigError("mqtt.url: expected mqtt://host[:port] or mqtts://host[:port], got {}".format(shown))
+        raise ConfigError("{}: expected mqtt://host[:port] or mqtts://host[:port], got {}".format(key, shown))
     if port is not None and not 1 <= port <= 65535:  # 0: paho raises; 99999: retried forever
-        raise ConfigError("mqtt.url: port must be in [1, 65535], got {}".format(shown))
+        raise ConfigError("{}: port must be in [1, 65535], got {}".format(key, shown))
     if parts.password is not None:
         # The publisher ignores it (it would be logged with the URL): refuse rather than connect without it.
-        raise ConfigError("mqtt.url: a password in the URL is not used; put it in mqtt.password_file "
-                          "or $EDGE_AGENT_MQTT_PASSWORD, got {}".format(shown))
+        raise ConfigError("{}: a password in the URL is not used; put it in mqtt.password_file "
+                          "or $EDGE_AGENT_MQTT_PASSWORD, got {}".format(key, shown))
 
 
 def _check_writable(key, path, directory, write=True):

@@ -199,17 +199,26 @@ def _tcp(host, port, timeout=2.0):
 
 
 def check_broker(config):
+    """Each broker of mqtt.url reachable over TCP; WARN naming the ones that are not (not blocking:
+    the agent spools to disk and moves to the next broker)."""
     if not config.mqtt.enabled:
         return _check("broker", OK, "MQTT disabled (mqtt.enabled: false)")
-    match = re.match(r"^(mqtts?)://(?:[^@/]*@)?([^:/]+|\[[^\]]+\])(?::(\d+))?", config.mqtt.url)
-    if not match:
-        return _check("broker", FAIL, "mqtt.url: cannot parse {}".format(config.mqtt.url), "mqtt://host[:port]")
-    port = int(match.group(3) or (8883 if match.group(1) == "mqtts" else 1883))
-    err = _tcp(match.group(2).strip("[]"), port)
-    if err:
-        # Not blocking: the agent spools to disk and reconnects on its own.
-        return _check("broker", WARN, err, "start the broker or fix mqtt.url; records are spooled meanwhile")
-    return _check("broker", OK, "{}:{} reachable".format(match.group(2), port))
+    urls = config.mqtt.urls
+    down, up = [], []
+    for i, url in enumerate(urls):
+        key = "mqtt.url" if isinstance(config.mqtt.url, str) else "mqtt.url[{}]".format(i)
+        match = re.match(r"^(mqtts?)://(?:[^@/]*@)?([^:/]+|\[[^\]]+\])(?::(\d+))?", url)
+        if not match:
+            return _check("broker", FAIL, "{}: cannot parse {}".format(key, url), "mqtt://host[:port]")
+        port = int(match.group(3) or (8883 if match.group(1) == "mqtts" else 1883))
+        err = _tcp(match.group(2).strip("[]"), port)
+        (down if err else up).append("{}: {}".format(key, err) if err else "{}:{}".format(match.group(2), port))
+    if down:
+        fix = "start the broker or fix mqtt.url; records are spooled meanwhile"
+        if up:
+            fix = "the agent uses the others meanwhile ({}); ".format(", ".join(up)) + fix
+        return _check("broker", WARN, "; ".join(down), fix)
+    return _check("broker", OK, "{} reachable".format(", ".join(up)))
 
 
 def check_engines(config):

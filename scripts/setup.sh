@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up of a development/demo machine (CPU backend). Idempotent.
 #   - mosquitto (the local broker the demo and the tests use) from the distribution
+#     (and for `test`, rabbitmq-server: the tests' 3-node MQTT cluster)
 #   - a project venv, .venv, made from $PYTHON (default python3: the distribution's on a stock
 #     Debian/Ubuntu, where PEP 668 forbids pip outside a venv), remade when $PYTHON changes
 #   - the agent in it, editable, with the CPU extras (ONNX Runtime, pip OpenCV) and test tools
@@ -50,6 +51,13 @@ if [ "$what" = test ]; then
   if ! command -v systemd-analyze >/dev/null 2>&1; then
     echo "setup: installing systemd (for systemd-analyze and the service tests)"
     apt_install systemd || true
+  fi
+  # rabbitmq-server: the tests start their own 3-node MQTT cluster (tests/rabbitmq_cluster.py);
+  # the package's own service is not used, so it is stopped where the install started it.
+  if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+    echo "setup: installing rabbitmq-server (apt-get; for the broker-cluster tests)"
+    apt_install rabbitmq-server
+    $SUDO systemctl disable --now rabbitmq-server >/dev/null 2>&1 || true
   fi
   $PY -m pip install -q --disable-pip-version-check --no-deps tensorrt-stubs
   $PY -c "import torch" 2>/dev/null || $PY -m pip install -q --disable-pip-version-check "torch==2.13.0"

@@ -1,10 +1,12 @@
-"""Shared fixtures: a real mosquitto broker on a free port, the demo models, a generated video."""
+"""Shared fixtures: a real mosquitto broker on a free port, a 3-node RabbitMQ MQTT cluster, the demo
+models, a generated video."""
 
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -116,8 +118,11 @@ class PersistentBroker(Broker):
     """A mosquitto that keeps sessions and queued QoS 1 messages across stop()/start()."""
 
     def conf_lines(self):
+        # As root, mosquitto drops to the mosquitto user, which cannot write under pytest's 0700
+        # tmp dirs: it would log "Error saving in-memory database" and lose every session at restart.
+        user = ["user root\n"] if os.geteuid() == 0 else []
         return ["allow_anonymous true\n", "persistence true\npersistence_location {}/\n".format(self.workdir),
-                "max_queued_messages 0\nmax_inflight_messages 0\n"]
+                "max_queued_messages 0\nmax_inflight_messages 0\n"] + user
 
 
 @pytest.fixture
@@ -154,3 +159,27 @@ def tls_files(tmp_path_factory):
     return {"ca": str(d / "ca.crt"), "cert": str(d / "server.crt"), "key": str(d / "server.key"),
             "other_ca": str(d / "other-ca.crt"), "client_cert": str(d / "client.crt"),
             "client_key": str(d / "client.key")}
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_cluster():
+    """A 3-node RabbitMQ MQTT cluster (tests/rabbitmq_cluster.py), started once per session.
+
+    Tests that kill a node must start it again before they end (``start_node``): the next
+    test gets all three nodes. Skipped with the reason where rabbitmq-server is absent.
+    """
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from rabbitmq_cluster import RabbitCluster, available
+
+    reason = available()
+    if reason:
+        pytest.skip(reason)
+    # Not under pytest's tmp_path: its parents are mode 0700, and the nodes run as the rabbitmq user.
+    workdir = tempfile.mkdtemp(prefix="edge-agent-rabbitmq-")
+    cluster = RabbitCluster(workdir, nodes=3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,5 +1,6 @@
 """Config loading: defaults run the demo, errors name the key, overrides layer."""
 
+import json
 import os
 
 import pytest
@@ -197,6 +198,11 @@ HOSTILE = [
     ("url-path", "mqtt: {url: 'mqtt://host/topic'}\n", {}, "mqtt.url: expected mqtt://host[:port]"),
     ("url-ipv6", "mqtt: {url: 'mqtt://[::1]:1883'}\n", {}, "mqtt.url: expected mqtt://host[:port]"),
     ("url-password", "mqtt: {url: 'mqtt://user:secret@host'}\n", {}, "got 'mqtt://user:***@host'"),
+    ("url-list-empty", "mqtt: {url: []}\n", {}, "mqtt.url: expected a broker URL or a non-empty list of them"),
+    ("url-list-index", "mqtt: {url: ['mqtt://a:1883', 'mqtt://b:1883', 'broker.local']}\n", {},
+     "mqtt.url[2]: expected mqtt://host[:port] or mqtts://host[:port], got 'broker.local'"),
+    ("url-list-password", "mqtt: {url: ['mqtt://a', 'mqtt://u:secret@b']}\n", {},
+     "mqtt.url[1]: a password in the URL is not used"),
     ("device-plus", "device_id: nx+1\n", {}, "device_id: expected a name of 1 to 256 bytes without '/', '+', '#'"),
     ("device-slash", "device_id: a/b\n", {}, "device_id: expected a name"),
     ("device-nul", 'device_id: "nx\\0"\n', {}, "device_id: NUL characters are not allowed"),
@@ -246,6 +252,60 @@ def test_topic_prefix_with_levels_and_urls_with_a_user_are_fine(tmp_path):
     path.write_text("mqtt: {prefix: site/edge-agent, url: 'mqtt://agent@broker.local:1883'}\ndevice_id: nx-01\n")
     config = load_config(str(path), environ={}, check_files=False)
     assert (config.mqtt.prefix, config.device_id) == ("site/edge-agent", "nx-01")
+
+
+@pytest.mark.parametrize("url,message", [
+    (["mqtt://a:1883", "mqtt://b:99999"], "mqtt.url[1]: cannot parse 'mqtt://b:99999'"),
+    (["mqtt://a:1883", "mqtt://b:0"], "mqtt.url[1]: port must be in [1, 65535]"),
+    (["mqtt://a", {"host": "b"}], "mqtt.url[1]: expected a string, got {'host': 'b'}"),
+    (["mqtt://a", "mqtt://b", "mqtt://c/x"], "mqtt.url[2]: expected mqtt://host[:port]"),
+    (["mqtts://a", "mqtt://b"], "mqtt.url[1]: every broker in the list must use the scheme of mqtt.url[0] (mqtts://)"),
+    (["mqtt://edge@a", "mqtt://b"], "mqtt.url[1]: every broker in the list must use the user of mqtt.url[0] (edge)"),
+    ([None], "mqtt.url[0]: expected a string, got None"),
+    (7, "mqtt.url: expected mqtt://host[:port]"),
+])
+def test_url_list_errors_name_the_index(url, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, {"mqtt": {"url": url}}, environ={}, check_files=False)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_url_list_from_yaml_and_environment(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("mqtt:\n  url:\n    - mqtt://node1:1883\n    - mqtt://node2:1884\n")
+    config = load_config(str(path), environ={}, check_files=False)
+    assert config.mqtt.urls == ["mqtt://node1:1883", "mqtt://node2:1884"]
+    env = {"EDGE_AGENT_MQTT__URL": "[mqtt://a:1, mqtt://b:2, mqtt://c:3]"}
+    assert load_config(str(path), environ=env, check_files=False).mqtt.urls == ["mqtt://a:1", "mqtt://b:2", "mqtt://c:3"]
+    env = {"EDGE_AGENT_MQTT__URL": "mqtt://one:1883"}  # one string stays one string
+    config = load_config(str(path), environ=env, check_files=False)
+    assert (config.mqtt.url, config.mqtt.urls) == ("mqtt://one:1883", ["mqtt://one:1883"])
+    env = {"EDGE_AGENT_MQTT__URL": "[mqtt://a:1, 'x y']"}
+    with pytest.raises(ConfigError) as e:
+        load_config(str(path), environ=env, check_files=False)
+    assert str(e.value).startswith("mqtt.url[1]: expected mqtt://host[:port]"), str(e.value)
+
+
+def test_broker_option_given_again_makes_a_list():
+    from agent.commands.run import overrides_from
+
+    assert overrides_from(broker=("mqtt://a:1883",))["mqtt"]["url"] == "mqtt://a:1883"
+    assert overrides_from(broker=("mqtt://a:1883", "mqtt://b:1883"))["mqtt"]["url"] == ["mqtt://a:1883",
+                                                                                         "mqtt://b:1883"]
+    assert "mqtt" not in overrides_from(broker=())
+
+
+def test_check_config_shows_the_url_list(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("mqtt: {enabled: true, url: ['mqtt://u:secret@n1:1883', 'mqtt://u@n2:1883']}\n")
+    rc, out, err = _cli(["check-config", "--config", str(path)])
+    assert rc != 0 and "mqtt.url[0]: a password in the URL is not used" in err and "secret" not in err
+    path.write_text("mqtt: {enabled: true, url: ['mqtt://u@n1:1883', 'mqtt://u@n2:1884']}\n")
+    rc, out, err = _cli(["check-config", "--json", "--config", str(path)])
+    assert rc == 0, err
+    assert json.loads(out)["mqtt"]["url"] == ["mqtt://u@n1:1883", "mqtt://u@n2:1884"]
+    rc, out, err = _cli(["check-config", "--config", str(path)])
+    assert rc == 0 and "mqtt: mqtt://u@n1:1883, mqtt://u@n2:1884" in out, (out, err)
 
 
 def test_check_config_json_hides_source_passwords(tmp_path, small_video):

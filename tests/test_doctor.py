@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from conftest import run_cli
+from conftest import free_port, run_cli
 
 
 @pytest.fixture
@@ -83,6 +83,21 @@ def test_doctor_broker_down_warns(tmp_path, config_file, broker):
     res = run_cli(["doctor", "--json", "--config", path], timeout=60)
     assert res.returncode == 0  # the agent spools while the broker is away: not blocking
     assert _checks(res)["broker"]["level"] == "WARN"
+
+
+def test_doctor_checks_each_broker_of_a_list(broker):
+    from agent import doctor
+    from agent.config import load_config
+
+    dead = "mqtt://127.0.0.1:{}".format(free_port())
+    config = load_config(None, {"mqtt": {"enabled": True, "url": [broker.url, dead]}}, environ={},
+                         check_files=False)
+    check = doctor.check_broker(config)
+    assert check.level == "WARN" and check.detail.startswith("mqtt.url[1]: cannot connect to 127.0.0.1:"), check
+    assert "the agent uses the others meanwhile (127.0.0.1:{})".format(broker.port) in check.fix, check
+    config = load_config(None, {"mqtt": {"enabled": True, "url": [broker.url, broker.url]}}, environ={},
+                         check_files=False)
+    assert doctor.check_broker(config).level == "OK"
 
 
 def test_doctor_bad_config_exits_78(tmp_path):

@@ -238,3 +238,15 @@ def test_watch_survives_garbage_on_a_real_broker(broker):
     assert "online" in last and "12.5" in last and "person" in last and "7.5/9.0" in last, last
     assert "#3 car" in last and "car 2, star 1; door 1" in last, last
     assert "skipped {} malformed message(s); last: dev1/cam0/timing: not JSON (15 bytes)".format(len(GARBAGE)) in last
+
+
+def test_the_broker_in_use_is_shown_and_kept():
+    board = Board()
+    board.update(["dev1", "status"], dict(VALID["status"], broker="mqtt://node2:1884"))
+    lines = board.render().splitlines()
+    assert lines[0].split()[:3] == ["DEVICE", "STATE", "BROKER"] and lines[1].split()[:3] == [
+        "dev1", "online", "mqtt://node2:1884"]
+    board.update(["dev1", "status"], VALID["status"])  # an agent without the field: the last one known stays
+    assert board.render().splitlines()[1].split()[2] == "mqtt://node2:1884"
+    board.update(["dev1", "status"], dict(VALID["status"], broker=["x"]))
+    assert board.render().splitlines()[-1].endswith("dev1/status: broker: expected a string, got ['x']")

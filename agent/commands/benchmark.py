@@ -87,7 +87,7 @@ def benchmark(config_path, sizes, dataset, no_accuracy, frames, warmup, streams,
         if not os.path.isfile(config.sizes[name].onnx):
             raise ConfigError("sizes.{}.onnx: file not found: {}".format(name, config.sizes[name].onnx))
     if e2e and not mqtt_url:
-        mqtt_url = config.mqtt.url
+        mqtt_url = config.mqtt.urls[0]
     if mqtt_url and not mqtt_url.startswith(("mqtt://", "mqtts://")):
         raise ConfigError("--mqtt: expected mqtt://host[:port], got {!r}".format(mqtt_url))
     if no_accuracy:

@@ -59,6 +59,7 @@ def _read(parts, payload):
         raise Malformed("expected a JSON object, got {}".format(_clip(payload)))
     if len(parts) == 2 and parts[1] == "status":
         return "status", {"state": _field(payload, "state", str, "a string") or "?",
+                          "broker": _field(payload, "broker", str, "a string"),
                           "cameras": _items(payload, "cameras", str, "a string")}
     if len(parts) == 2 and parts[1] == "spool":
         return "spool", {k: _field(payload, k, int, "an integer") for k in ("queued", "dropped_boot")}
@@ -136,7 +137,8 @@ class Board(object):
         self.last_skipped = ""
 
     def _device(self, name):
-        return self.devices.setdefault(name, {"state": "?", "cameras": collections.OrderedDict(), "spool": None})
+        return self.devices.setdefault(name, {"state": "?", "broker": None, "cameras": collections.OrderedDict(),
+                                              "spool": None})
 
     def _camera(self, device, cam):
         return self._device(device)["cameras"].setdefault(cam, _new_camera())
@@ -156,7 +158,10 @@ class Board(object):
             return
         with self.lock:
             if kind == "status":
-                self._device(parts[0])["state"] = values["state"]
+                dev = self._device(parts[0])
+                dev["state"] = values["state"]
+                if values["broker"] is not None:  # a status of an older agent leaves the last one known
+                    dev["broker"] = values["broker"]
                 for cam in values["cameras"]:
                     self._camera(parts[0], cam)
             elif kind in ("spool", "health"):
@@ -182,7 +187,7 @@ class Board(object):
     def render(self, now=None):
         """The table as text (track ages relative to ``now``, default the clock)."""
         now = time.time() if now is None else now
-        head = ["DEVICE", "STATE", "SPOOL q/drop", "CAMERA", "FPS"] + [
+        head = ["DEVICE", "STATE", "BROKER", "SPOOL q/drop", "CAMERA", "FPS"] + [
             "{} p50/p95".format(s) for s in STAGE_COLUMNS] + ["SEQ", "DETECTIONS", "TRACKS", "COUNTS"]
         rows = []
         with self.lock:
@@ -195,7 +200,7 @@ class Board(object):
                     stages = ["{}/{}".format(*map(_ms, cam["stages"][s])) if s in cam["stages"] else "-"
                               for s in STAGE_COLUMNS]
                     seq = str(cam["seq"]) if cam["seq"] is not None else "-"
-                    rows.append([name, dev["state"], spool, cam_id, _ms(cam["fps"])] + stages +
+                    rows.append([name, dev["state"], dev["broker"] or "-", spool, cam_id, _ms(cam["fps"])] + stages +
                                 [seq, cam["labels"] or "-", _tracks_text(cam["tracks"], now) or "-",
                                  cam["counts"] or "-"])
             tail = ["skipped {} malformed message(s); last: {}".format(self.skipped, self.last_skipped)] \

@@ -1,10 +1,12 @@
-"""Where and how to reach the broker: ``mqtt.url``, the password, the TLS context.
+"""Where and how to reach the broker: ``mqtt.url`` (one or a list), the password, the TLS context,
+and which broker to try next after a failure, and when (``Failover``).
 
 No paho here: ``check-config``/``run`` validate these before anything opens, and
 ``watch`` uses them too.
 """
 
 import os
+import random
 import ssl
 
 from ..errors import ConfigError
@@ -57,3 +59,39 @@ def tls_context(tls_config):
             tls_config.ca, tls_config.cert, tls_config.key, e))
     ctx.check_hostname = not tls_config.insecure  # the CA check always stays on
     return ctx
+
+
+class Failover(object):
+    """Round-robin over the broker URLs, with exponential backoff and full jitter between tries.
+
+    After a lost connection or a failed try, ``failed()`` moves to the next URL and returns
+    the wait before trying it: uniform in [0, min(max_s, min_s * 2**n)], n counting the
+    failures since the last connection ("full jitter", as in AWS's "Exponential Backoff And
+    Jitter"). A thousand devices losing the same node spread their reconnects over that
+    window instead of arriving together, and the window grows while no broker answers.
+    ``connected()`` resets n. ``rng``: a random.Random (seeded in tests).
+    """
+
+    def __init__(self, urls, min_s=1.0, max_s=30.0, rng=None):
+        self.urls = list(urls)
+        self.servers = [parse_url(u)[:3] for u in self.urls]  # (tls, host, port)
+        self.min_s, self.max_s = min_s, max_s
+        self.rng = rng or random.Random()
+        self.index = 0
+        self.failures = 0
+
+    @property
+    def current(self):
+        """(url, host, port) of the broker in use or tried next; url without the user."""
+        tls, host, port = self.servers[self.index]
+        return "{}://{}:{}".format("mqtts" if tls else "mqtt", host, port), host, port
+
+    def connected(self):
+        self.failures = 0
+
+    def failed(self):
+        """Move to the next broker; the seconds to wait before trying it."""
+        self.index = (self.index + 1) % len(self.urls)
+        cap = min(self.max_s, self.min_s * 2 ** min(self.failures, 30))
+        self.failures += 1
+        return self.rng.uniform(0.0, cap)

@@ -7,6 +7,8 @@ final shape (``schema``); this module adds only the status's ``timestamp`` and
 ``spool`` fields when it sends. Snapshots follow ``snapshot.SnapshotPolicy``.
 The remote control (agent.control) uses the same connection through ``subscribe`` and
 ``send``, and asks for a snapshot now with ``request_snapshot``.
+With several brokers in ``mqtt.url``, a lost or failed connection moves to the next one
+after a jittered backoff (``broker.Failover``); the status names the broker in use.
 Topics and payloads: docs/mqtt.md.
 
 The module is longer than 400 lines because the publisher thread alone owns the paho
@@ -27,7 +29,7 @@ import uuid
 
 from . import paho_compat, schema
 from .base import Sink, dumps
-from .broker import parse_url, read_password, tls_context
+from .broker import Failover, parse_url, read_password, tls_context
 from .snapshot import SnapshotPolicy, render
 from .store_forward import StoreForward
 
@@ -46,11 +48,11 @@ class MqttSink(Sink):
         self.config = config
         self.device_id = config.device_id
         self.base = "{}/{}".format(m.prefix.rstrip("/"), config.device_id)
-        self.tls, self.host, self.port, url_user = parse_url(m.url)
-        self.url = "{}://{}:{}".format("mqtts" if self.tls else "mqtt", self.host, self.port)
+        self.tls, _, _, url_user = parse_url(m.urls[0])  # config: one scheme and user for the whole list
+        self.failover = Failover(m.urls, reconnect_min_s, reconnect_max_s)
+        self.url, self.host, self.port = self.failover.current  # the broker in use (or tried next)
         self.username = m.username or url_user
-        self.client_id = m.client_id or "edge-agent-{}-{}".format(config.device_id, uuid.uuid4().hex[:6])
-        self._reconnect = (reconnect_min_s, reconnect_max_s)
+        self.client_id = m.client_id or self._new_client_id()
         # Read credentials and TLS files now: make_sinks() runs before any camera opens, so a
         # bad file is a ConfigError (exit 78) naming the key instead of a sink that never connects.
         self._password = read_password(m)
@@ -93,8 +95,8 @@ class MqttSink(Sink):
         m = self.config.mqtt
         self._status = dict(status or {})
         client = paho_compat.make_client(self.client_id, m.protocol)
-        will = schema.offline(self.device_id, "connection lost")
-        client.will_set(self.base + "/status", dumps(will), qos=1, retain=True)
+        self._client = client
+        self._set_will()
         if self.username is not None:
             client.username_pw_set(self.username, self._password)
         if self._ssl is not None:
@@ -105,11 +107,9 @@ class MqttSink(Sink):
         window = self.store_forward.window
         client.max_inflight_messages_set(min(window, 20))
         client.max_queued_messages_set(window * 4 + 100)
-        client.reconnect_delay_set(self._reconnect[0], self._reconnect[1])
         paho_compat.set_callbacks(client, on_connect=self._on_connect, on_disconnect=self._on_disconnect,
                                   on_publish=self._on_publish, on_connect_fail=self._on_connect_fail,
                                   on_message=self._on_message)
-        self._client = client
         self._state = "connecting"
         log.info("MQTT connecting to %s as %s (topics %s/...)", self.url, self.client_id, self.base)
         paho_compat.connect_async(client, self.host, self.port, m.keepalive_s, m.protocol)
@@ -269,33 +269,60 @@ class MqttSink(Sink):
     def _on_connect(self, ok, reason):
         if ok:
             self._state = "connected"
-            log.info("MQTT connected to %s", self.url)
+            log.info("MQTT connected to %s as %s", self.url, self.client_id)
+            self.failover.connected()
             for topic_filter, qos, _ in list(self._subscriptions):
                 self._client.subscribe(topic_filter, qos)
-            self._events.append(("connected",))
+            self._events.append(("connected", self.url))
         else:
             self._state = "disconnected (refused by {}: {})".format(self.url, reason)
             log.error("MQTT broker %s refused the connection: %s (check mqtt.username / password); "
                       "retrying with backoff", self.url, reason)
 
     def _on_disconnect(self, reason):
-        was = self._state
+        was, url = self._state, self.url
         self._events.append(("disconnected", reason))
         if self._closing is not None:
             self._state = "disconnected (closed)"
-        elif was == "connected":
+            return
+        retry = self._next_broker()
+        if was == "connected":
             self._state = "disconnected ({})".format(reason)
-            log.warning("MQTT connection to %s lost: %s; spooling until it is back", self.url, reason)
+            log.warning("MQTT connection to %s lost: %s; spooling until one is back (%s)", url, reason, retry)
         elif not was.startswith("disconnected (refused"):
             # Closed before CONNACK: e.g. a TLS 1.3 broker rejecting our (missing) client certificate.
-            self._state = "disconnected ({}: closed before accepting: {})".format(self.url, reason)
+            self._state = "disconnected ({}: closed before accepting: {})".format(url, reason)
             log.warning("MQTT broker %s closed the connection before accepting it (%s; client certificate "
-                        "or ACL?); retrying with backoff", self.url, reason)
+                        "or ACL?); %s", url, reason, retry)
 
     def _on_connect_fail(self):
-        why = self._probe()
-        self._state = "disconnected ({}: {})".format(self.url, why)
-        log.warning("MQTT broker %s: cannot connect: %s; retrying with backoff", self.url, why)
+        why, url = self._probe(), self.url
+        self._state = "disconnected ({}: {})".format(url, why)
+        log.warning("MQTT broker %s: cannot connect: %s; %s", url, why, self._next_broker())
+
+    def _next_broker(self):
+        """After a failure: move to the next broker of mqtt.url, to be tried after a jittered
+        backoff (broker.Failover); says which and when, for the log line."""
+        delay = self.failover.failed()
+        url = self.url
+        self.url, self.host, self.port = self.failover.current
+        if self.url != url and not self.config.mqtt.client_id:
+            # A generated id is new on another broker: RabbitMQ 3.x keeps a clean session's QoS 1
+            # subscription (the commands) in a durable queue on the node it was made on, and refuses
+            # the same id elsewhere while that node is down (docs/mqtt.md). A configured id stays.
+            self.client_id = self._new_client_id()
+            paho_compat.set_client_id(self._client, self.client_id)
+        self._set_will()
+        paho_compat.retry_at(self._client, self.host, self.port, delay)
+        return "next try: {} in {:.1f} s".format(self.url, delay)
+
+    def _new_client_id(self):
+        return "edge-agent-{}-{}".format(self.device_id, uuid.uuid4().hex[:6])
+
+    def _set_will(self):
+        """The last will names the broker it goes to: paho sends it with every CONNECT."""
+        will = dict(schema.offline(self.device_id, "connection lost"), broker=self.url)
+        self._client.will_set(self.base + "/status", dumps(will), qos=1, retain=True)
 
     def _on_publish(self, mid, ok):
         self._acks.append((mid, ok))
@@ -372,7 +399,9 @@ class MqttSink(Sink):
             if event[0] == "connected":
                 sf.handle_acks(self._acks)
                 self._connected = True
+                sf.where = event[1]
                 sf.connected()
+                self._status["broker"] = event[1]
                 self._status_dirty = True
                 self._counters_sent = None
                 self.connections += 1

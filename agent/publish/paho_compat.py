@@ -59,6 +59,21 @@ def _code(rc):
     return value, name
 
 
+def retry_at(client, host, port, delay):
+    """Make paho's next reconnect go to ``host:port`` after ``delay`` seconds.
+
+    Call it from on_disconnect / on_connect_fail: paho (1.6 and 2.x) runs those before it
+    waits (its reconnect delay, here pinned to ``delay``) and reconnects to ``_host:_port``.
+    """
+    client._host, client._port = host, port  # 2.x's host/port setters refuse while paho still holds the socket
+    client.reconnect_delay_set(delay, delay)
+
+
+def set_client_id(client, client_id):
+    """The client id of the next (re)connect (paho keeps it as bytes in ``_client_id``, 1.6 and 2.x)."""
+    client._client_id = client_id.encode("utf-8")
+
+
 def connack_reason(rc):
     """(ok, text) for a CONNACK code of any paho version / protocol."""
     value, name = _code(rc)
