@@ -19,7 +19,7 @@ import socket
 import stat
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from typing import Dict, List, Optional, Union
 from urllib.parse import urlsplit
 
 from .errors import ConfigError

@@ -100,7 +100,8 @@ class RabbitCluster(object):
             self._prepare()
         self._epmd()
         for i in range(self.nodes):
-            self._launch(i)
+            if not self._running(i):  # start twice: the nodes already up stay as they are
+                self._launch(i)
         deadline = time.monotonic() + timeout
         for i in range(self.nodes):
             self._await(i, deadline)
@@ -126,7 +127,7 @@ class RabbitCluster(object):
 
     def start_node(self, i, timeout=120):
         """Start node ``i`` again (after kill_node); it rejoins the cluster from its mnesia."""
-        if self._pid(i) is not None and _alive(self._pid(i)):
+        if self._running(i):
             return
         deadline = time.monotonic() + timeout
         self._launch(i)
@@ -174,7 +175,7 @@ class RabbitCluster(object):
                         "loopback_users.guest = true\n"
                         "disk_free_limit.absolute = 10MB\n"
                         "log.console = false\n"
-                        "log.file.level = warning\n".format(amqp, mqtt))
+                        "log.file.level = info\n".format(amqp, mqtt))
             with open(os.path.join(home, "enabled_plugins"), "w") as f:
                 f.write("[rabbitmq_mqtt].\n")
             self.state["nodes"].append({"name": name, "amqp": amqp, "dist": dist, "mqtt": mqtt, "home": home})
@@ -289,6 +290,10 @@ class RabbitCluster(object):
                 return int(f.read().strip())
         except (OSError, ValueError):
             return None
+
+    def _running(self, i):
+        pid = self._pid(i)
+        return pid is not None and _alive(pid)
 
     def _log(self, i):
         return os.path.join(self.state["nodes"][i]["home"], "log")

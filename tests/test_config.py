@@ -286,6 +286,15 @@ def test_url_list_from_yaml_and_environment(tmp_path):
     assert str(e.value).startswith("mqtt.url[1]: expected mqtt://host[:port]"), str(e.value)
 
 
+def test_broker_option_given_again_makes_a_list():
+    from agent.commands.run import overrides_from
+
+    assert overrides_from(broker=("mqtt://a:1883",))["mqtt"]["url"] == "mqtt://a:1883"
+    assert overrides_from(broker=("mqtt://a:1883", "mqtt://b:1883"))["mqtt"]["url"] == ["mqtt://a:1883",
+                                                                                         "mqtt://b:1883"]
+    assert "mqtt" not in overrides_from(broker=())
+
+
 def test_check_config_shows_the_url_list(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("mqtt: {enabled: true, url: ['mqtt://u:secret@n1:1883', 'mqtt://u@n2:1883']}\n")

@@ -215,6 +215,7 @@ def test_last_will_after_kill9(broker, tmp_path):
         will = sub.json("/status")[-1]
         jsonschema.validate(will, schema("status"))
         assert will["reason"] == "connection lost" and will["device_id"] == "victim"
+        assert will["broker"] == broker.url  # the will names the broker it was left with
         sub.close()
     finally:
         if proc.poll() is None:

@@ -34,8 +34,10 @@ def overrides_from(source=None, size=None, model=None, max_frames=None, output=N
         out["max_frames"] = max_frames
     if output is not None:
         out["output"] = {"jsonl": None if output in ("", "none") else output}
-    if broker:
-        out["mqtt"] = {"enabled": True, "url": broker}
+    if isinstance(broker, str):
+        broker = (broker,)
+    if broker:  # one URL, or several (--broker given again): a list, as mqtt.url takes
+        out["mqtt"] = {"enabled": True, "url": broker[0] if len(broker) == 1 else list(broker)}
     if device_id:
         out["device_id"] = device_id
     if backend:
@@ -70,7 +72,9 @@ def resolve(config_path, overrides, check_sources=True):
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), help="Inference backend.")
 @click.option("--max-frames", type=click.IntRange(min=0), help="Stop after N frames per camera.")
 @click.option("--output", help="JSON-lines output: '-' for stdout, a file path, or 'none'.")
-@click.option("--broker", help="Publish over MQTT to this broker: mqtt://host[:port] or mqtts://host[:port].")
+@click.option("--broker", multiple=True,
+              help="Publish over MQTT to this broker: mqtt://host[:port] or mqtts://host[:port]; again for a "
+                   "list (failover, round-robin).")
 @click.option("--device-id", help="Device id in records and MQTT topics (default: the host name).")
 @click.option("--realtime/--as-fast-as-possible", default=None,
               help="With --source FILE: pace at the file's frame rate, or read as fast as possible.")

@@ -150,7 +150,9 @@ class Discovery(object):
         self.cleared = 0
 
     def start(self):
-        self.sink.subscribe(self._filter, self._on_message, qos=1)
+        # QoS 0: only the retained configs matter, and a QoS 1 subscription of a clean session is a
+        # durable queue on RabbitMQ 3.x, which pins the agent to that node (docs/mqtt.md, failover).
+        self.sink.subscribe(self._filter, self._on_message, qos=0)
 
     def _on_message(self, msg):
         if msg.retain and msg.payload:  # what the broker kept; our own live echoes are not retained

@@ -7,6 +7,8 @@ final shape (``schema``); this module adds only the status's ``timestamp`` and
 ``spool`` fields when it sends. Snapshots follow ``snapshot.SnapshotPolicy``.
 The remote control (agent.control) uses the same connection through ``subscribe`` and
 ``send``, and asks for a snapshot now with ``request_snapshot``.
+With several brokers in ``mqtt.url``, a lost or failed connection moves to the next one
+after a jittered backoff (``broker.Failover``); the status names the broker in use.
 Topics and payloads: docs/mqtt.md.
 
 The module is longer than 400 lines because the publisher thread alone owns the paho
@@ -50,7 +52,7 @@ class MqttSink(Sink):
         self.failover = Failover(m.urls, reconnect_min_s, reconnect_max_s)
         self.url, self.host, self.port = self.failover.current  # the broker in use (or tried next)
         self.username = m.username or url_user
-        self.client_id = m.client_id or "edge-agent-{}-{}".format(config.device_id, uuid.uuid4().hex[:6])
+        self.client_id = m.client_id or self._new_client_id()
         # Read credentials and TLS files now: make_sinks() runs before any camera opens, so a
         # bad file is a ConfigError (exit 78) naming the key instead of a sink that never connects.
         self._password = read_password(m)
@@ -267,7 +269,7 @@ class MqttSink(Sink):
     def _on_connect(self, ok, reason):
         if ok:
             self._state = "connected"
-            log.info("MQTT connected to %s", self.url)
+            log.info("MQTT connected to %s as %s", self.url, self.client_id)
             self.failover.connected()
             for topic_filter, qos, _ in list(self._subscriptions):
                 self._client.subscribe(topic_filter, qos)
@@ -302,13 +304,23 @@ class MqttSink(Sink):
         """After a failure: move to the next broker of mqtt.url, to be tried after a jittered
         backoff (broker.Failover); says which and when, for the log line."""
         delay = self.failover.failed()
+        url = self.url
         self.url, self.host, self.port = self.failover.current
+        if self.url != url and not self.config.mqtt.client_id:
+            # A generated id is new on another broker: RabbitMQ 3.x keeps a clean session's QoS 1
+            # subscription (the commands) in a durable queue on the node it was made on, and refuses
+            # the same id elsewhere while that node is down (docs/mqtt.md). A configured id stays.
+            self.client_id = self._new_client_id()
+            paho_compat.set_client_id(self._client, self.client_id)
         self._set_will()
         paho_compat.retry_at(self._client, self.host, self.port, delay)
         return "next try: {} in {:.1f} s".format(self.url, delay)
 
+    def _new_client_id(self):
+        return "edge-agent-{}-{}".format(self.device_id, uuid.uuid4().hex[:6])
+
     def _set_will(self):
-        """The last will names the broker it is left with: paho sends it with every CONNECT."""
+        """The last will names the broker it goes to: paho sends it with every CONNECT."""
         will = dict(schema.offline(self.device_id, "connection lost"), broker=self.url)
         self._client.will_set(self.base + "/status", dumps(will), qos=1, retain=True)
 

@@ -69,6 +69,11 @@ def retry_at(client, host, port, delay):
     client.reconnect_delay_set(delay, delay)
 
 
+def set_client_id(client, client_id):
+    """The client id of the next (re)connect (paho keeps it as bytes in ``_client_id``, 1.6 and 2.x)."""
+    client._client_id = client_id.encode("utf-8")
+
+
 def connack_reason(rc):
     """(ok, text) for a CONNACK code of any paho version / protocol."""
     value, name = _code(rc)

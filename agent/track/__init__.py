@@ -6,7 +6,7 @@ A frame's Detections go through, on the pipeline's output thread, one camera at 
   filter per track, ``kalman``; IoU association solved by scipy's
   ``linear_sum_assignment``; a second pass for low-confidence detections; tentative
   tracks confirmed after ``min_hits`` frames; lost tracks kept ``max_lost_frames`` for
-  re-association). It gives each detection a ``track_id``.
+  re-association; IoU of every pair at once in ``iou``). It gives each detection a ``track_id``.
 - ``zones``: optional polygons per camera (fractions of the frame); validated at config load.
 - ``events.CameraEvents``: start, update (class or zone change) and end events, and the
   current counts per class and per zone, derived from the confirmed tracks.

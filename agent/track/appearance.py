@@ -26,11 +26,15 @@ def describe(image, boxes):
     m = len(boxes)
     if not m:
         return np.zeros((0, 3))
-    cx, cy = (boxes[:, 0] + boxes[:, 2]) * 0.5, (boxes[:, 1] + boxes[:, 3]) * 0.5
-    xs = np.clip((cx[:, None] + (boxes[:, 2] - boxes[:, 0])[:, None] * _OFFSETS).astype(np.intp), 0, w - 1)
-    ys = np.clip((cy[:, None] + (boxes[:, 3] - boxes[:, 1])[:, None] * _OFFSETS).astype(np.intp), 0, h - 1)
+    corners = boxes.reshape(m, 2, 2)  # (x1, y1), (x2, y2)
+    centre = corners[:, 0] + corners[:, 1]
+    centre *= 0.5
+    at = (centre[:, :, None] + (corners[:, 1] - corners[:, 0])[:, :, None] * _OFFSETS).astype(np.intp)  # m x (x, y) x GRID
+    np.maximum(at, 0, out=at)
+    np.minimum(at, ((w - 1,), (h - 1,)), out=at)
+    at[:, 1] *= w
     flat = image.reshape(h * w, -1)  # a view of a contiguous frame (take() on it: 10x a 2-D gather)
-    pixels = flat.take((ys[:, :, None] * w + xs[:, None, :]).reshape(-1), axis=0).reshape(m, GRID * GRID, -1)
+    pixels = flat.take((at[:, 1, :, None] + at[:, 0, None, :]).reshape(-1), axis=0).reshape(m, GRID * GRID, -1)
     colour = np.partition(pixels, GRID * GRID // 2, axis=1)[:, GRID * GRID // 2].astype(np.float64)  # the median
     if colour.shape[1] != 3:
         colour = np.repeat(colour[:, :1], 3, axis=1)
@@ -38,12 +42,10 @@ def describe(image, boxes):
 
 
 def distance(a, b):
-    """Colour distance of every row of ``a`` (N x 3) to every row of ``b`` (M x 3), in [0, 1]: N x M."""
-    out = np.zeros((len(a), len(b)))
-    for k in range(3):  # per channel: 5x the N x M x 3 broadcast
-        d = np.subtract.outer(a[:, k], b[:, k])
-        d *= d
-        out += d
-    np.sqrt(out, out=out)
+    """Colour distance of every row of ``a`` (N x 3) to every row of ``b`` (M x 3), in [0, 1]: N x M
+    (scipy's ``cdist``: the tracker needs scipy already; twice as fast as three numpy outer differences)."""
+    from scipy.spatial.distance import cdist
+
+    out = cdist(a, b)
     out *= _SCALE
     return out

@@ -51,42 +51,10 @@ import numpy as np
 
 from ..errors import AgentError
 from . import appearance, kalman
+from .iou import buffered_iou, iou_matrix
 
 SECOND_PASS_IOU = 0.5  # ByteTrack's: low-confidence detections must overlap well
 TENTATIVE_IOU = 0.3  # ByteTrack's for unconfirmed tracks
-
-
-def _iou(ax1, ay1, ax2, ay2, bx1, by1, bx2, by2):
-    w = np.minimum(ax2, bx2) - np.maximum(ax1, bx1)
-    h = np.minimum(ay2, by2) - np.maximum(ay1, by1)
-    np.maximum(w, 0, out=w)
-    np.maximum(h, 0, out=h)
-    inter = w * h
-    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
-    return inter / np.maximum(union, 1e-9)
-
-
-def iou_matrix(a, b):
-    """IoU of every box of ``a`` (N x 4 xyxy) with every box of ``b`` (M x 4): N x M."""
-    return _iou(a[:, 0:1], a[:, 1:2], a[:, 2:3], a[:, 3:4], b[:, 0], b[:, 1], b[:, 2], b[:, 3])
-
-
-def buffered_iou(a, b, buffer, out=None):
-    """IoU of ``a`` (N x 4) and ``b`` (M x 4) with both boxes of pair (i, j) grown by ``buffer[i]``
-    times their width and height on each side (C-BIoU, Yang et al. 2023: a lost track's
-    prediction is less sure, so it may meet a detection it no longer overlaps). Only the
-    rows with a buffer cost more than ``iou_matrix``; ``out``: their plain IoU, updated in place."""
-    if out is None:
-        out = iou_matrix(a, b)
-    rows = np.flatnonzero(buffer > 0)
-    if len(rows):
-        g = buffer[rows][:, None]
-        r = a[rows]
-        gw, gh = (r[:, 2:3] - r[:, 0:1]) * g, (r[:, 3:4] - r[:, 1:2]) * g
-        bw, bh = (b[:, 2] - b[:, 0]) * g, (b[:, 3] - b[:, 1]) * g  # L x M
-        out[rows] = _iou(r[:, 0:1] - gw, r[:, 1:2] - gh, r[:, 2:3] + gw, r[:, 3:4] + gh,
-                         b[:, 0] - bw, b[:, 1] - bh, b[:, 2] + bw, b[:, 3] + bh)
-    return out
 
 
 DUPLICATE_IOU = 0.7
@@ -235,13 +203,16 @@ class Tracker(object):
                 self._means[matched], self._covs[matched], kalman.xyxy_to_xyah(boxes[di]))
             if colours is not None:
                 self._learn(matched, di, colours, scores, clean)
-            box_list, score_list, class_list = boxes[di].tolist(), scores[di].tolist(), np.asarray(class_ids)[di].tolist()
-            for k, i in enumerate(matched.tolist()):
+            ids = []
+            min_hits = s.min_hits
+            for i, box, score, class_id in zip(matched.tolist(), boxes[di].tolist(), scores[di].tolist(),
+                                               np.asarray(class_ids)[di].tolist()):
                 t = tracks[i]
-                t._hit(box_list[k], score_list[k], class_list[k], timestamp)
-                if not t.confirmed and t.hits >= s.min_hits:
+                t._hit(box, score, class_id, timestamp)
+                if not t.confirmed and t.hits >= min_hits:
                     self._confirm(t)
-                track_ids[di[k]] = t.id
+                ids.append(t.id)
+            track_ids[di] = ids
         ended = self._age(det_of, pred)
         if colours is not None and clean is None:
             clean = (dd > ISOLATED_IOU).sum(1) <= 1
@@ -307,14 +278,13 @@ class Tracker(object):
     def _match(self, iou, sim, rows, cols, min_iou, det_of, used):
         """Assign ``rows`` (a track mask) to ``cols`` (a detection mask) maximizing IoU (``sim``, when
         given: IoU fused with appearance, -1 where refused); pairs below ``min_iou`` refused."""
-        rows, cols = np.flatnonzero(rows), np.flatnonzero(cols)
+        rows, cols = rows.nonzero()[0], cols.nonzero()[0]
         if not len(rows) or not len(cols):
             return
-        ix = np.ix_(rows, cols)
-        sub = iou[ix]
+        sub = iou.take(rows, 0).take(cols, 1)
         refused = sub < min_iou
         if sim is not None:
-            fused = sim[ix]
+            fused = sim.take(rows, 0).take(cols, 1)
             refused |= fused < -0.5
             sub = np.maximum(fused, 1e-6)  # ranked by the fused score, every pair left a candidate
         sub[refused] = 0.0  # a refused pair must not pull the optimum away from good ones
