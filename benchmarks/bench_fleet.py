@@ -23,6 +23,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -199,6 +200,8 @@ def main(argv=None):
                     help="Only measure the naive way (N clients, a paho network thread each) against the simulator's "
                          "one selector thread, at --fps for --duration s; on --broker or --mosquitto.")
     args = ap.parse_args(argv)
+    # A SIGTERM (timeout, kill) unwinds through the finally blocks below: no broker left behind.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
 
     proc = cluster = None
     brokers, pids = list(args.broker), list(args.broker_pid)
@@ -222,6 +225,8 @@ def main(argv=None):
         finally:
             if proc is not None:
                 proc.terminate()
+            if cluster is not None:
+                cluster.stop()
         return
     consumer = args.consumer or brokers[-1]
     with open("/proc/loadavg") as f:
