@@ -116,6 +116,14 @@ def test_large_inputs_equal_opencv():
         uniform = np.concatenate([rng.uniform(0, 600, (n, 2)), np.zeros((n, 2))], 1)
         uniform[:, 2:] = uniform[:, :2] + rng.uniform(5, 80, (n, 2))
         assert np.array_equal(nms(uniform, scores, 0.5), reference(uniform, scores, 0.5))
+        # Detector-like clusters around 40 objects (from 4096 boxes the automatic choice looks
+        # at the best boxes before any sort), agnostic and per class.
+        centres, sizes, k = rng.uniform(0, 640, (40, 2)), rng.uniform(20, 150, (40, 2)), rng.integers(0, 40, n)
+        xy = centres[k] + rng.normal(0, 0.15, (n, 2)) * sizes[k]
+        clusters = np.concatenate([xy, xy + sizes[k] * rng.uniform(0.8, 1.2, (n, 2))], 1)
+        cls = k % 5
+        assert np.array_equal(nms(clusters, scores, 0.45), reference(clusters, scores, 0.45))
+        assert np.array_equal(nms(clusters, scores, 0.45, class_ids=cls), reference(clusters, scores, 0.45, cls))
 
 
 def test_matches_opencv_batched_when_available():

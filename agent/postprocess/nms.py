@@ -43,13 +43,15 @@ OpenCV before 4.7 (JetPack's 4.1.1 and 4.5.4) get the numpy strategies:
   graph: a box is kept once every higher-scored box that would suppress it is
   removed, and removed once one of them is kept.
 
-The choice: up to 256 boxes, OpenCV. Otherwise OpenCV when a tenth of the best 64
-boxes overlap each other above the threshold (clusters: a look at 64 boxes, not a sort
-of all of them). Otherwise the sweep's first step counts the pairs of boxes that meet
-in x; up to 32 per box the sweep runs, above that the batched loop,
+The choice: up to 256 boxes, OpenCV. Otherwise the sweep's first step counts the
+pairs of boxes that meet in x; up to 32 per box the sweep runs (so sparse sets cost
+what they did before OpenCV was used). Above that, OpenCV when a tenth of the best
+64 boxes overlap each other above the threshold (clusters), else the batched loop,
 which hands over to the sweep when a batch suppresses under 10 % of the boxes it is
 compared with (the boxes left are all ranked below the ones kept, so the hand-over is
-exact). The numpy strategies decide a pair with the same ``_overlap_above``; every
+exact). From 4096 boxes the look at the best 64 comes first (an argpartition, no sort):
+clusters then skip the sort and the count, and sparse sets, slow there anyway, pay under
+2 % for it. The numpy strategies decide a pair with the same ``_overlap_above``; every
 strategy is exact, so the choice changes the time only (tests/test_nms.py forces each
 and checks it against OpenCV).
 """
@@ -221,6 +223,7 @@ _SMALL = 256  # boxes below which OpenCV's loop wins whatever their layout
 
 
 _PROBE = 64  # best boxes looked at to tell clusters from spread-out boxes
+_LOOK_FIRST = 4096  # boxes from which that look comes before the sort (it costs sparse sets under 2 %)
 
 
 def _clustered(b, cls, iou_threshold):
@@ -314,15 +317,18 @@ def nms(boxes, scores, iou_threshold, class_ids=None, class_agnostic=False, max_
     if _NMS_BOXES is not None:
         if n <= _SMALL:
             return _opencv(boxes, scores, cls, iou_threshold)[:limit]
-        best = np.argpartition(-scores, _PROBE)[:_PROBE]  # the best boxes, in no order
-        if _clustered(boxes[best], None if cls is None else cls[best], iou_threshold):
-            return _opencv(boxes, scores, cls, iou_threshold)[:limit]
+        if n >= _LOOK_FIRST:
+            best = np.argpartition(-scores, _PROBE)[:_PROBE]  # the best boxes, in no order
+            if _clustered(boxes[best], None if cls is None else cls[best], iou_threshold):
+                return _opencv(boxes, scores, cls, iou_threshold)[:limit]
     order = np.argsort(-scores, kind="stable")
     b = boxes[order]
     ranked_cls = None if cls is None else cls[order]
     sweep = _sweep_order(b, ranked_cls)
     if sweep[2][-1] <= _DENSE * n:  # few boxes meet in x: the sweep has little to compare
         keep = _sweep(b, ranked_cls, iou_threshold, sweep)
+    elif _NMS_BOXES is not None and n < _LOOK_FIRST and _clustered(b[:_PROBE], ranked_cls, iou_threshold):
+        return _opencv(boxes, scores, cls, iou_threshold)[:limit]
     else:
         keep = _greedy_batched(b, ranked_cls, iou_threshold, limit, sweep)
     keep = order[keep[:limit]]
