@@ -3,6 +3,7 @@
     python benchmarks/bench_tracker.py                 # 50 objects, 2000 frames
     python benchmarks/bench_tracker.py --objects 200
     python benchmarks/bench_tracker.py --no-images     # motion alone (no appearance cue)
+    python benchmarks/bench_tracker.py --against REV   # this tree's tracker against git revision REV's
 
 Synthetic scene: N boxes moving at constant velocity and bouncing off the frame edges,
 each detected with probability 0.9 at a jittered box and a random score in [0.1, 1]
@@ -18,12 +19,15 @@ costs when other processes compete for the cores), and the number of tracks in v
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 from agent.config import TrackingConfig  # noqa: E402
 from agent.track.tracker import Tracker  # noqa: E402
@@ -65,6 +69,49 @@ def draw(layout, width=1920, height=1080):
     return image
 
 
+def tracker_of(rev):
+    """(Tracker, TrackingConfig) of git revision ``rev``'s agent package, imported beside this tree's."""
+    tmp = tempfile.mkdtemp(prefix="bench-tracker-")
+    subprocess.run("git archive {} agent | tar -x -C {}".format(rev, tmp), shell=True, check=True, cwd=ROOT)
+    ours = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "agent" or k.startswith("agent.")}
+    sys.path.insert(0, tmp)
+    try:
+        from agent.config import TrackingConfig as config
+        from agent.track.tracker import Tracker as tracker
+    finally:
+        sys.path.remove(tmp)
+        for k in [k for k in sys.modules if k == "agent" or k.startswith("agent.")]:
+            del sys.modules[k]
+        sys.modules.update(ours)
+    return tracker, config
+
+
+def against(rev, args, frames):
+    """This tree's tracker and ``rev``'s on the same frames, alternated (which goes first flips every
+    frame), in one process: the ratio of their CPU time per update, and whether every frame's
+    track ids are the same."""
+    theirs_tracker, theirs_config = tracker_of(rev)
+    pair = [Tracker(TrackingConfig()), theirs_tracker(theirs_config())]
+    cpu, same = ([], []), True
+    for i, (b, s, c, layout) in enumerate(frames):
+        image = None if args.no_images else draw(layout)
+        ids = [None, None]
+        for k in ((0, 1) if i % 2 else (1, 0)):
+            c0 = time.thread_time()
+            ids[k] = pair[k].update(b, s, c, i / 30.0, image).track_ids
+            if i >= args.warmup:
+                cpu[k].append((time.thread_time() - c0) * 1000.0)
+        same = same and np.array_equal(ids[0], ids[1])
+    ours, theirs = float(np.mean(cpu[0])), float(np.mean(cpu[1]))
+    result = {"objects": args.objects, "frames": len(cpu[0]), "images": not args.no_images, "against": rev,
+              "cpu_mean_ms": round(ours, 4), "against_cpu_mean_ms": round(theirs, 4), "ratio": round(ours / theirs, 3),
+              "same_track_ids": same, "load_average_1m": round(os.getloadavg()[0], 2)}
+    print("tracking {objects} objects, CPU per update: this tree {cpu_mean_ms:.3f} ms, {against} {against_cpu_mean_ms:.3f} ms: "
+          "{ratio:.2f}x; same track ids on every frame: {same_track_ids} (load average {load_average_1m})".format(**result))
+    print(json.dumps(result, sort_keys=True))
+    return result
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--objects", type=int, default=50)
@@ -72,8 +119,11 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-images", action="store_true", help="no frames: the tracker without its appearance cue")
+    ap.add_argument("--against", metavar="REV", help="alternate with git revision REV's tracker: CPU ratio, same ids")
     args = ap.parse_args(argv)
     frames = scene(np.random.default_rng(args.seed), args.objects, args.frames + args.warmup)
+    if args.against:
+        return against(args.against, args, frames)
     tracker = Tracker(TrackingConfig())
     times, cpu, in_view = [], [], []
     for i, (b, s, c, layout) in enumerate(frames):
