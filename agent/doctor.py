@@ -17,6 +17,8 @@ import sys
 import tempfile
 
 from . import health
+from .errors import ConfigError
+from .publish.broker import parse_url
 
 Check = collections.namedtuple("Check", "name level detail fix blocking")
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -207,12 +209,12 @@ def check_broker(config):
     down, up = [], []
     for i, url in enumerate(urls):
         key = "mqtt.url" if isinstance(config.mqtt.url, str) else "mqtt.url[{}]".format(i)
-        match = re.match(r"^(mqtts?)://(?:[^@/]*@)?([^:/]+|\[[^\]]+\])(?::(\d+))?", url)
-        if not match:
+        try:
+            _, host, port, _ = parse_url(url)
+        except ConfigError:
             return _check("broker", FAIL, "{}: cannot parse {}".format(key, url), "mqtt://host[:port]")
-        port = int(match.group(3) or (8883 if match.group(1) == "mqtts" else 1883))
-        err = _tcp(match.group(2).strip("[]"), port)
-        (down if err else up).append("{}: {}".format(key, err) if err else "{}:{}".format(match.group(2), port))
+        err = _tcp(host, port)
+        (down if err else up).append("{}: {}".format(key, err) if err else "{}:{}".format(host, port))
     if down:
         fix = "start the broker or fix mqtt.url; records are spooled meanwhile"
         if up:

@@ -11,7 +11,6 @@ import heapq
 import json
 import logging
 import os
-import random
 import selectors
 import socket
 import time
@@ -20,7 +19,7 @@ import uuid
 from ..errors import AgentError
 from ..publish import paho_compat, schema
 from ..publish.base import dumps
-from ..publish.broker import parse_url
+from ..publish.broker import Failover, parse_url
 
 log = logging.getLogger("edge_agent.fleet")
 
@@ -79,14 +78,14 @@ class _Device(object):
         self.sock = None
         self.events = 0  # what the selector watches on sock
         self.retry_at = 0.0
-        self.backoff = 1.0
+        self.failover = Failover(["mqtt://{}:{}".format(*broker)])  # the agent's backoff with jitter
         self.client = None
 
     def status(self, reason=None, **online):
         """This device's status payload: offline with ``reason``, else online with ``online``'s keys."""
         out = schema.offline(self.device_id, reason or "")
         out["boot_id"] = self.boot_id
-        out["broker"] = "mqtt://{}:{}".format(*self.broker)
+        out["broker"] = self.failover.current[0]
         if reason is None:
             del out["reason"]
             out.update(online, state="online")
@@ -130,7 +129,7 @@ class Simulation(object):
                 log.warning("%s: broker refused the connection: %s", dev.device_id, reason)
                 return
             dev.connected = True
-            dev.backoff = 1.0
+            dev.failover.connected()
             online = dev.status(started_at=round(time.time(), 3), backend="simulated", engine_id=None,
                                 model_size=self.records[0].get("model_size", "fast"), cameras=[CAMERA],
                                 camera_states={CAMERA: "running"}, fps=self.fps, mqtt="connected")
@@ -157,9 +156,8 @@ class Simulation(object):
                 self.reconnects += 1
                 dev.client.reconnect()
         except (OSError, ValueError) as e:
-            # Retried with backoff and jitter (a fleet must not reconnect in step).
-            dev.retry_at = now + dev.backoff * random.uniform(0.5, 1.5)
-            dev.backoff = min(dev.backoff * 2, 30.0)
+            # Retried as the agent retries: backoff with full jitter (a fleet must not reconnect in step).
+            dev.retry_at = now + dev.failover.failed()
             log.debug("%s: cannot connect to %s:%s: %s", dev.device_id, host, port, e)
         self._watch(dev)
 
