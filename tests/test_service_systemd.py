@@ -265,7 +265,10 @@ def test_camera_unreachable_for_3_minutes_at_boot_keeps_the_unit_up(systemd, ins
         print("records {:.1f} s after the camera came back".format(time.monotonic() - t0))
         assert time.monotonic() - t0 <= 10.0
         assert systemd.show("ActiveState", "MainPID", "NRestarts") == dict(start, ActiveState="active")
-        assert records[0]["frame_index"] == 0
+        # The stream's first frames: RTSP delivers the first group of pictures in a burst, and the
+        # freshest-frame policy lets frame 1 replace frame 0 when it lands before the pipeline takes
+        # frame 0 (seen once in CI), so "first" means one of the first few, not index 0 exactly.
+        assert records[0]["frame_index"] < 5, records[0]["frame_index"]
         # Then a 45 s stall mid-stream (the camera process frozen, like a pulled cable): once
         # this restarted a healthy agent (no pings for 41.9 s). Now: stalled, pinged, no restart.
         os.kill(server.pid, signal.SIGSTOP)

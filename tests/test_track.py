@@ -66,6 +66,23 @@ def test_blockwise_kalman_equals_the_full_8x8_filter():
         assert np.allclose(means, full_m) and np.allclose(kalman.full_covariance(covs), full_p)
 
 
+def test_the_tracker_filters_its_state_table_in_place():
+    """Tracker keeps every track's numbers in one array and runs the filter on views of it: a copy
+    would silently drop every prediction and correction (numpy's reshape copies when it must)."""
+    from agent.track.tracker import _covariances
+
+    tracker = Tracker(TrackingConfig())
+    for i in range(3):
+        tracker.update(*frame((box(100 + 5 * i, 100), 0.9, 0)), i / 30.0)
+    assert np.shares_memory(_covariances(tracker._state), tracker._state)
+    assert np.shares_memory(_covariances(tracker._state[[0]]), tracker._state) is False
+    means, covs = kalman.initiate(kalman.xyxy_to_xyah(np.array([box(100 + 10, 100)])))
+    for _ in range(2):
+        kalman.update(*kalman.predict(means, covs), kalman.xyxy_to_xyah(np.array([box(100 + 15, 100)])))
+    assert tracker._state[0, 4] > 0  # it learned the velocity (5 px per frame), as the plain filter does
+    assert means[0, 4] > 0
+
+
 def test_box_conversions_round_trip_and_iou():
     boxes = np.array([box(50, 60, 20, 40), box(10, 10, 8, 2)])
     assert np.allclose(kalman.xyah_to_xyxy(kalman.xyxy_to_xyah(boxes)), boxes)
@@ -164,7 +181,7 @@ def test_bad_appearance_settings_are_named(key, value, why):
 def test_appearance_weight_zero_is_motion_alone():
     tracker = Tracker(TrackingConfig(appearance_weight=0.0))
     assert tracker.update(*frame((box(100, 100), 0.9, 0)), 0.0, np.zeros((300, 600, 3), np.uint8)).track_ids.tolist() == [0]
-    assert not tracker._coloured.any()  # no colour read at all
+    assert not tracker._state[:, 23].any()  # no colour read at all (the _COLOURED column)
 
 
 def test_false_positives_and_duplicates_never_become_tracks():

@@ -19,84 +19,83 @@ import numpy as np
 
 STD_POSITION = 1.0 / 20
 STD_VELOCITY = 1.0 / 160
-# Standard deviations = height x these + those (the aspect ratio's are constants), per quantity:
+# Standard deviations = height x the first row + the second (the aspect ratio's are constants),
+# per quantity (cx, cy, a, h); each pair of rows below is (positions, velocities) side by side:
+# one numpy operation gives both.
 _P, _V = STD_POSITION, STD_VELOCITY
-_INIT_POS = (np.array([2 * _P, 2 * _P, 0, 2 * _P]), np.array([0, 0, 1e-2, 0]))
-_INIT_VEL = (np.array([10 * _V, 10 * _V, 0, 10 * _V]), np.array([0, 0, 1e-5, 0]))
-_PROCESS_POS = (np.array([_P, _P, 0, _P]), np.array([0, 0, 1e-2, 0]))
-_PROCESS_VEL = (np.array([_V, _V, 0, _V]), np.array([0, 0, 1e-5, 0]))
-_MEASURE = (np.array([_P, _P, 0, _P]), np.array([0, 0, 1e-1, 0]))
+_INIT = np.array([[2 * _P, 2 * _P, 0, 2 * _P, 10 * _V, 10 * _V, 0, 10 * _V], [0, 0, 1e-2, 0, 0, 0, 1e-5, 0]])
+_PROCESS = np.array([[_P, _P, 0, _P, _V, _V, 0, _V], [0, 0, 1e-2, 0, 0, 0, 1e-5, 0]])
+_MEASURE = np.array([[_P, _P, 0, _P], [0, 0, 1e-1, 0]])
 
 
 def _variances(h, weights):
-    std = np.multiply.outer(h, weights[0]) + weights[1]
-    return std * std
+    """(h x weights[0] + weights[1]) squared, per row of ``h`` (N): N x len(weights[0])."""
+    std = h[:, None] * weights[0]
+    std += weights[1]
+    std *= std
+    return std
 
 
 def xyxy_to_xyah(boxes):
     """N x 4 x1, y1, x2, y2 -> N x 4 centre x, centre y, aspect (w/h), height."""
     boxes = np.asarray(boxes, dtype=np.float64)
     out = np.empty_like(boxes)
-    w = boxes[:, 2] - boxes[:, 0]
-    h = np.maximum(boxes[:, 3] - boxes[:, 1], 1e-3)
-    out[:, 0] = boxes[:, 0] + w / 2
-    out[:, 1] = boxes[:, 1] + h / 2
-    out[:, 2] = w / h
-    out[:, 3] = h
+    wh = boxes[:, 2:] - boxes[:, :2]
+    np.maximum(wh[:, 1], 1e-3, out=wh[:, 1])
+    np.add(boxes[:, :2], wh / 2, out=out[:, :2])
+    np.divide(wh[:, 0], wh[:, 1], out=out[:, 2])
+    out[:, 3] = wh[:, 1]
     return out
 
 
 def xyah_to_xyxy(xyah):
     """The inverse of ``xyxy_to_xyah`` (N x 4)."""
     out = np.empty_like(xyah)
-    h = xyah[:, 3]
-    w = xyah[:, 2] * h
-    out[:, 0] = xyah[:, 0] - w / 2
-    out[:, 1] = xyah[:, 1] - h / 2
-    out[:, 2] = out[:, 0] + w
-    out[:, 3] = out[:, 1] + h
+    wh = xyah[:, 2:].copy()
+    wh[:, 0] *= wh[:, 1]  # w = a x h
+    np.subtract(xyah[:, :2], wh / 2, out=out[:, :2])
+    np.add(out[:, :2], wh, out=out[:, 2:])
     return out
 
 
-def initiate(xyah):
-    """Means (N x 8) and covariances (N x 3 x 4) of new tracks from their first measurements (N x 4 xyah)."""
+def initiate(xyah, means=None, covs=None):
+    """Means (N x 8) and covariances (N x 3 x 4) of new tracks from their first measurements (N x 4
+    xyah); written into ``means`` and ``covs`` when given (zeros: velocities and cross terms are 0)."""
     n = len(xyah)
-    means = np.zeros((n, 8))
+    if means is None:
+        means, covs = np.zeros((n, 8)), np.zeros((n, 3, 4))
     means[:, :4] = xyah
-    covs = np.zeros((n, 3, 4))
-    covs[:, 0] = _variances(xyah[:, 3], _INIT_POS)
-    covs[:, 2] = _variances(xyah[:, 3], _INIT_VEL)
+    var = _variances(xyah[:, 3], _INIT)
+    covs[:, 0], covs[:, 2] = var[:, :4], var[:, 4:]
     return means, covs
 
 
 def predict(means, covs):
-    """One frame ahead: (means, covariances) of every track."""
-    h = means[:, 3]
-    means = means.copy()
+    """One frame ahead, in place: the means and covariances of every track (returned, for chaining)."""
+    q = _variances(means[:, 3], _PROCESS)  # process noise: positions, velocities
     means[:, :4] += means[:, 4:]
     p, c, v = covs[:, 0], covs[:, 1], covs[:, 2]
-    out = np.empty_like(covs)
-    # F P F^T + Q per 2 x 2 block [[p, c], [c, v]] with F = [[1, 1], [0, 1]].
-    out[:, 1] = c + v
-    out[:, 0] = p + c + out[:, 1] + _variances(h, _PROCESS_POS)
-    out[:, 2] = v + _variances(h, _PROCESS_VEL)
-    return means, out
+    # F P F^T + Q per 2 x 2 block [[p, c], [c, v]] with F = [[1, 1], [0, 1]]: p + c + (c + v) + q_p,
+    # c + v, v + q_v (in this order: p reads the old c, then the new).
+    p += c
+    c += v
+    p += c
+    p += q[:, :4]
+    v += q[:, 4:]
+    return means, covs
 
 
 def update(means, covs, xyah):
-    """Correct tracks with their matched measurements (row i measures track i)."""
-    p, c, v = covs[:, 0], covs[:, 1], covs[:, 2]
-    s = p + _variances(means[:, 3], _MEASURE)  # innovation variance
-    k_pos, k_vel = p / s, c / s  # the gain, per block
+    """Correct tracks with their matched measurements (row i measures track i), in place (returned)."""
+    s = _variances(means[:, 3], _MEASURE)
+    s += covs[:, 0]  # innovation variance
+    gain = covs[:, :2] / s[:, None]  # per block: position (p / s) and velocity (c / s)
     innovation = xyah - means[:, :4]
-    means = means.copy()
-    means[:, :4] += k_pos * innovation
-    means[:, 4:] += k_vel * innovation
-    out = np.empty_like(covs)
-    out[:, 0] = p - k_pos * p  # P - K S K^T
-    out[:, 1] = c - k_pos * c
-    out[:, 2] = v - k_vel * c
-    return means, out
+    means += (gain * innovation[:, None]).reshape(-1, 8)
+    # P - K S K^T per block: v - (c / s) c first, while c is the old one; then p and c.
+    covs[:, 2] -= gain[:, 1] * covs[:, 1]
+    covs[:, :2] -= gain[:, :1] * covs[:, :2]
+    return means, covs
 
 
 def full_covariance(covs):

@@ -64,6 +64,15 @@ REFIND_RADIUS = 3.0  # ... and its centre within this many times the track's siz
 COLOUR_MOMENTUM = 0.9  # a track's colour: this x its average + (1 - this) x the new one (BoT-SORT's)
 MAX_BUFFER = 0.5
 
+# Per track, one row of ``Tracker._state`` (one array, so that the table grows, shrinks and is
+# gathered in one numpy operation each): its Kalman mean (cx, cy, a, h, then their velocities)
+# and covariance (kalman: 3 x 4), its colour's moving average (appearance.describe) and
+# whether it has one (tracks seen without images do not), and, as the Track says them, the
+# frames since its last match and whether it is confirmed.
+_MEAN, _COV, _COLOUR = slice(0, 8), slice(8, 20), slice(20, 23)
+_COLOURED, _LOST, _CONFIRMED = 23, 24, 25
+_WIDTH = 26
+
 
 def _duplicates(iou, scores):
     """Detections overlapping a more confident one by IoU > DUPLICATE_IOU (``iou``: detections x
@@ -71,6 +80,11 @@ def _duplicates(iou, scores):
     detections, and must not become two tracks)."""
     stronger = scores[None, :] > scores[:, None]  # [i, j]: j is more confident than i
     return ((iou > DUPLICATE_IOU) & stronger).any(1)
+
+
+def _covariances(state):
+    """The Kalman covariances (N x 3 x 4) of state rows (N x _WIDTH): a view, updated in place."""
+    return state[:, _COV].reshape(len(state), 3, 4)
 
 
 def check_available():
@@ -143,10 +157,7 @@ class Tracker(object):
         self.settings = settings
         self._assign = _solver()
         self.tracks = []
-        self._means = np.zeros((0, 8))
-        self._covs = np.zeros((0, 3, 4))
-        self._colours = np.zeros((0, 3))  # per track, its colour's moving average (appearance.describe)
-        self._coloured = np.zeros(0, bool)  # per track, whether it has one (tracks seen without images do not)
+        self._state = np.zeros((0, _WIDTH))  # a row per track, in the order of ``tracks``
         self._next_id = 1
         self.frames = 0
         self.dropped = 0  # detections that found no room in the table
@@ -164,9 +175,10 @@ class Tracker(object):
         det_of = np.full(n, -1, np.int64)
         pred = sim = dd = clean = None
         colours = appearance.describe(image, boxes) if image is not None and s.appearance_weight > 0 else None
+        state = self._state
         if n:
-            self._means, self._covs = kalman.predict(self._means, self._covs)
-            pred = kalman.xyah_to_xyxy(self._means[:, :4])
+            kalman.predict(state[:, _MEAN], _covariances(state))
+            pred = kalman.xyah_to_xyxy(state[:, :4])
         if not m:
             used, dd = np.zeros(0, bool), np.zeros((0, 0))
         elif not n:
@@ -177,21 +189,21 @@ class Tracker(object):
             both = iou_matrix(np.concatenate([pred, boxes]), boxes)
             iou, dd = both[:n], both[n:]
             used = _duplicates(dd, scores)
-            lost = np.array([t.lost for t in tracks], np.float64)
+            lost = state[:, _LOST]
             if s.lost_buffer > 0 and lost.any():
                 buffered_iou(pred, boxes, np.minimum(lost * s.lost_buffer, MAX_BUFFER), out=iou)
             if colours is not None:
                 clean = (dd > ISOLATED_IOU).sum(1) <= 1  # their colours are their own
-                if self._coloured.any():
+                if state[:, _COLOURED].any():
                     sim = self._similarity(iou, colours, clean)
             high = scores >= s.high_threshold
             low = ~high & (scores >= s.low_threshold)
-            confirmed = np.array([t.confirmed for t in tracks])
+            confirmed = state[:, _CONFIRMED] > 0
             self._match(iou, sim, confirmed, high & ~used, s.match_iou, det_of, used)
             self._match(iou, sim, confirmed & (det_of < 0), low & ~used, max(s.match_iou, SECOND_PASS_IOU),
                         det_of, used)
             if sim is not None:
-                self._refind(pred, boxes, colours, confirmed & (det_of < 0) & self._coloured,
+                self._refind(pred, boxes, colours, confirmed & (det_of < 0) & (state[:, _COLOURED] > 0),
                              (scores >= s.new_track_threshold) & ~used, det_of, used)
             self._match(iou, sim, ~confirmed, (scores >= s.new_track_threshold) & ~used,
                         max(s.match_iou, TENTATIVE_IOU), det_of, used)
@@ -199,18 +211,21 @@ class Tracker(object):
         matched = np.flatnonzero(det_of >= 0)
         if len(matched):
             di = det_of[matched]
-            self._means[matched], self._covs[matched] = kalman.update(
-                self._means[matched], self._covs[matched], kalman.xyxy_to_xyah(boxes[di]))
+            found = boxes[di]
+            rows = state[matched]
+            kalman.update(rows[:, _MEAN], _covariances(rows), kalman.xyxy_to_xyah(found))
             if colours is not None:
-                self._learn(matched, di, colours, scores, clean)
+                self._learn(rows, di, colours, scores, clean)
+            rows[:, _LOST] = 0
+            state[matched] = rows
             ids = []
             min_hits = s.min_hits
-            for i, box, score, class_id in zip(matched.tolist(), boxes[di].tolist(), scores[di].tolist(),
+            for i, box, score, class_id in zip(matched.tolist(), found.tolist(), scores[di].tolist(),
                                                np.asarray(class_ids)[di].tolist()):
                 t = tracks[i]
                 t._hit(box, score, class_id, timestamp)
                 if not t.confirmed and t.hits >= min_hits:
-                    self._confirm(t)
+                    self._confirm(t, i)
                 ids.append(t.id)
             track_ids[di] = ids
         ended = self._age(det_of, pred)
@@ -226,8 +241,7 @@ class Tracker(object):
         for t in ended:
             t.end_reason = "stopped"
         self.tracks = []
-        self._means, self._covs = self._means[:0], self._covs[:0]
-        self._colours, self._coloured = self._colours[:0], self._coloured[:0]
+        self._state = self._state[:0]
         return ended
 
     # --- steps -----------------------------------------------------------------------------
@@ -237,22 +251,24 @@ class Tracker(object):
         ``clean`` detection (overlapping no other: the colour of one that does may be its
         occluder's); a pair further apart than ``appearance_gate`` is refused (-1)."""
         s = self.settings
-        dist = appearance.distance(self._colours, colours)
-        dist[~self._coloured] = 0.0
-        dist[:, ~clean] = 0.0
+        state = self._state
+        dist = appearance.distance(state[:, _COLOUR], colours)
+        dist *= state[:, _COLOURED, None]  # 0 for a track without a colour
+        dist *= clean  # and for a detection that is not clean
         sim = iou - s.appearance_weight * dist
         sim[dist > s.appearance_gate] = -1.0
         return sim
 
-    def _learn(self, matched, di, colours, scores, clean):
-        """Tracks ``matched`` to detections ``di`` take their colours into their moving averages: only
-        from a confident detection that overlaps no other (an occluder's colour must not leak in)."""
+    def _learn(self, rows, di, colours, scores, clean):
+        """Tracks (``rows`` of the state, updated in place) matched to detections ``di`` take their colours
+        into their moving averages: only from a confident detection that overlaps no other (an
+        occluder's colour must not leak in)."""
         ok = clean[di] & (scores[di] >= self.settings.high_threshold)
-        rows, di = matched[ok], di[ok]
-        fresh = ~self._coloured[rows]
-        keep = np.where(fresh, 0.0, COLOUR_MOMENTUM)[:, None]
-        self._colours[rows] = keep * self._colours[rows] + (1.0 - keep) * colours[di]
-        self._coloured[rows] = True
+        learn, di = rows[ok], di[ok]
+        keep = np.where(learn[:, _COLOURED] == 0, 0.0, COLOUR_MOMENTUM)[:, None]
+        learn[:, _COLOUR] = keep * learn[:, _COLOUR] + (1.0 - keep) * colours[di]
+        learn[:, _COLOURED] = 1.0
+        rows[ok] = learn
 
     def _refind(self, pred, boxes, colours, rows, cols, det_of, used):
         """Lost tracks ``rows`` that motion could not match take the detections ``cols`` of their colour
@@ -261,7 +277,7 @@ class Tracker(object):
         rows, cols = np.flatnonzero(rows), np.flatnonzero(cols)
         if not len(rows) or not len(cols):
             return
-        dist = appearance.distance(self._colours[rows], colours[cols])
+        dist = appearance.distance(self._state[rows, _COLOUR], colours[cols])
         p, b = pred[rows], boxes[cols]
         dx = (p[:, 0:1] + p[:, 2:3]) - (b[:, 0] + b[:, 2])
         dy = (p[:, 1:2] + p[:, 3:4]) - (b[:, 1] + b[:, 3])
@@ -290,20 +306,24 @@ class Tracker(object):
         sub[refused] = 0.0  # a refused pair must not pull the optimum away from good ones
         r, c = self._assign(-sub)  # a minimum cost; ``maximize=`` is newer than JetPack 4's scipy 0.19
         ok = sub[r, c] > 0.0
-        det_of[rows[r[ok]]] = cols[c[ok]]
-        used[cols[c[ok]]] = True
+        c = cols[c[ok]]
+        det_of[rows[r[ok]]] = c
+        used[c] = True
 
-    def _confirm(self, track):
+    def _confirm(self, track, row):
         track.confirmed = True
         track.id = self._next_id
         self._next_id += 1
+        self._state[row, _CONFIRMED] = 1.0
 
     def _age(self, det_of, pred):
         """Unmatched tracks: tentative ones are dropped, confirmed ones lost, then ended; returns the ended."""
         s = self.settings
         keep = None
         ended = []
-        for i in np.flatnonzero(det_of < 0).tolist():
+        unmatched = np.flatnonzero(det_of < 0)
+        self._state[unmatched, _LOST] += 1.0
+        for i in unmatched.tolist():
             t = self.tracks[i]
             t.lost += 1
             t.box = pred[i].tolist()
@@ -332,18 +352,18 @@ class Tracker(object):
                 new = new[:max(room, 0)]
                 if not len(new):
                     return
-        means, covs = kalman.initiate(kalman.xyxy_to_xyah(boxes[new]))
-        self._means = np.concatenate([self._means, means])
-        self._covs = np.concatenate([self._covs, covs])
-        no_colour = colours is None
-        self._colours = np.concatenate([self._colours, np.zeros((len(new), 3)) if no_colour else colours[new]])
-        self._coloured = np.concatenate([self._coloured, np.zeros(len(new), bool) if no_colour else clean[new]])
+        rows = np.zeros((len(new), _WIDTH))
+        kalman.initiate(kalman.xyxy_to_xyah(boxes[new]), rows[:, _MEAN], _covariances(rows))
+        if colours is not None:
+            rows[:, _COLOUR], rows[:, _COLOURED] = colours[new], clean[new]
+        first = len(self.tracks)
+        self._state = np.concatenate([self._state, rows])
         class_list = np.asarray(class_ids)[new].tolist()
         for k, (box, score) in enumerate(zip(boxes[new].tolist(), scores[new].tolist())):
             t = Track(box, score, class_list[k], timestamp)
             self.tracks.append(t)
             if s.min_hits <= 1:
-                self._confirm(t)
+                self._confirm(t, first + k)
                 track_ids[new[k]] = t.id
 
     def _evict(self, wanted, ended):
@@ -363,6 +383,5 @@ class Tracker(object):
 
     def _compact(self, keep):
         self.tracks = [t for t, k in zip(self.tracks, keep.tolist()) if k]
-        self._means, self._covs = self._means[keep], self._covs[keep]
-        self._colours, self._coloured = self._colours[keep], self._coloured[keep]
+        self._state = self._state[keep]
 
