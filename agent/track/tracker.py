@@ -172,6 +172,8 @@ class Tracker(object):
         n, m = len(tracks), len(scores)
         boxes = np.asarray(boxes, dtype=np.float64).reshape(m, 4)
         scores = np.asarray(scores, dtype=np.float64)
+        eligible = scores >= s.new_track_threshold  # may start a track, or continue a tentative one
+        measured = kalman.xyxy_to_xyah(boxes)  # what the filter corrects a track with, or starts one from
         det_of = np.full(n, -1, np.int64)
         pred = sim = dd = clean = None
         colours = appearance.describe(image, boxes) if image is not None and s.appearance_weight > 0 else None
@@ -204,8 +206,8 @@ class Tracker(object):
                         det_of, used)
             if sim is not None:
                 self._refind(pred, boxes, colours, confirmed & (det_of < 0) & (state[:, _COLOURED] > 0),
-                             (scores >= s.new_track_threshold) & ~used, det_of, used)
-            self._match(iou, sim, ~confirmed, (scores >= s.new_track_threshold) & ~used,
+                             eligible & ~used, det_of, used)
+            self._match(iou, sim, ~confirmed, eligible & ~used,
                         max(s.match_iou, TENTATIVE_IOU), det_of, used)
         track_ids = np.zeros(m, np.int64)
         matched = np.flatnonzero(det_of >= 0)
@@ -213,7 +215,7 @@ class Tracker(object):
             di = det_of[matched]
             found = boxes[di]
             rows = state[matched]
-            kalman.update(rows[:, _MEAN], _covariances(rows), kalman.xyxy_to_xyah(found))
+            kalman.update(rows[:, _MEAN], _covariances(rows), measured[di])
             if colours is not None:
                 self._learn(rows, di, colours, scores, clean)
             rows[:, _LOST] = 0
@@ -231,7 +233,7 @@ class Tracker(object):
         ended = self._age(det_of, pred)
         if colours is not None and clean is None:
             clean = (dd > ISOLATED_IOU).sum(1) <= 1
-        self._start(boxes, scores, class_ids, used, track_ids, timestamp, ended, colours, clean)
+        self._start(boxes, measured, scores, class_ids, eligible & ~used, track_ids, timestamp, ended, colours, clean)
         coast = s.coast_frames
         return TrackUpdate(track_ids, [t for t in self.tracks if t.confirmed and t.lost <= coast], ended)
 
@@ -247,9 +249,10 @@ class Tracker(object):
     # --- steps -----------------------------------------------------------------------------
 
     def _similarity(self, iou, colours, clean):
-        """IoU less ``appearance_weight`` x the colour distance of each track (that has a colour) and
-        ``clean`` detection (overlapping no other: the colour of one that does may be its
-        occluder's); a pair further apart than ``appearance_gate`` is refused (-1)."""
+        """The score that ranks pairs: IoU less ``appearance_weight`` x the colour distance of each
+        track (that has a colour) and ``clean`` detection (overlapping no other: the colour of
+        one that does may be its occluder's), at least 1e-6 (every pair a candidate); 0 for a
+        pair further apart than ``appearance_gate`` (or whose fused score is below -0.5): refused."""
         s = self.settings
         state = self._state
         dist = appearance.distance(state[:, _COLOUR], colours)
@@ -257,7 +260,9 @@ class Tracker(object):
         dist *= clean  # and for a detection that is not clean
         sim = iou - s.appearance_weight * dist
         sim[dist > s.appearance_gate] = -1.0
-        return sim
+        score = np.maximum(sim, 1e-6)
+        score[sim < -0.5] = 0.0
+        return score
 
     def _learn(self, rows, di, colours, scores, clean):
         """Tracks (``rows`` of the state, updated in place) matched to detections ``di`` take their colours
@@ -293,17 +298,17 @@ class Tracker(object):
 
     def _match(self, iou, sim, rows, cols, min_iou, det_of, used):
         """Assign ``rows`` (a track mask) to ``cols`` (a detection mask) maximizing IoU (``sim``, when
-        given: IoU fused with appearance, -1 where refused); pairs below ``min_iou`` refused."""
+        given: the fused score of ``_similarity``, 0 where refused); pairs below ``min_iou`` refused."""
         rows, cols = rows.nonzero()[0], cols.nonzero()[0]
         if not len(rows) or not len(cols):
             return
         sub = iou.take(rows, 0).take(cols, 1)
-        refused = sub < min_iou
-        if sim is not None:
-            fused = sim.take(rows, 0).take(cols, 1)
-            refused |= fused < -0.5
-            sub = np.maximum(fused, 1e-6)  # ranked by the fused score, every pair left a candidate
-        sub[refused] = 0.0  # a refused pair must not pull the optimum away from good ones
+        if sim is None:
+            sub[sub < min_iou] = 0.0  # a refused pair must not pull the optimum away from good ones
+        else:
+            refused = sub < min_iou
+            sub = sim.take(rows, 0).take(cols, 1)
+            sub[refused] = 0.0
         r, c = self._assign(-sub)  # a minimum cost; ``maximize=`` is newer than JetPack 4's scipy 0.19
         ok = sub[r, c] > 0.0
         c = cols[c[ok]]
@@ -338,10 +343,10 @@ class Tracker(object):
             self._compact(keep)
         return ended
 
-    def _start(self, boxes, scores, class_ids, used, track_ids, timestamp, ended, colours, clean):
-        """New tentative tracks from the confident detections left over (as room allows)."""
+    def _start(self, boxes, measured, scores, class_ids, left, track_ids, timestamp, ended, colours, clean):
+        """New tentative tracks from the confident detections ``left`` over (a mask; as room allows)."""
         s = self.settings
-        new = np.flatnonzero(~used & (scores >= s.new_track_threshold))
+        new = np.flatnonzero(left)
         if not len(new):
             return
         room = s.max_tracks - len(self.tracks)
@@ -353,7 +358,7 @@ class Tracker(object):
                 if not len(new):
                     return
         rows = np.zeros((len(new), _WIDTH))
-        kalman.initiate(kalman.xyxy_to_xyah(boxes[new]), rows[:, _MEAN], _covariances(rows))
+        kalman.initiate(measured[new], rows[:, _MEAN], _covariances(rows))
         if colours is not None:
             rows[:, _COLOUR], rows[:, _COLOURED] = colours[new], clean[new]
         first = len(self.tracks)
