@@ -152,8 +152,8 @@ class TrackingConfig:
     new_track_threshold: float = _opt(0.4, UNIT)  # a detection this sure may start a track
     match_iou: float = _opt(0.2, UNIT)  # least IoU of a predicted track box and its detection
     min_hits: int = _opt(3, POSITIVE)  # consecutive matches that confirm a track (and give it an id)
-    lost_buffer: float = _opt(0.05, NON_NEGATIVE)  # a lost track's box grows by this (x its size) per frame lost
-    max_lost_frames: int = _opt(90, NON_NEGATIVE)  # a lost track ends after this many frames unmatched
+    lost_buffer: float = _opt(0.03, NON_NEGATIVE)  # a lost track's box grows by this (x its size) per frame lost
+    max_lost_frames: int = _opt(150, NON_NEGATIVE)  # a lost track ends after this many frames unmatched
     coast_frames: int = _opt(2, NON_NEGATIVE)  # a lost track still counts as in view this many frames
     max_tracks: int = _opt(256, (lambda v: 1 <= v <= 100000, "in [1, 100000]"))  # per camera
     appearance_weight: float = _opt(0.5, NON_NEGATIVE)  # colour distance's weight against IoU; 0: motion alone

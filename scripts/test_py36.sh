@@ -26,14 +26,12 @@ if [ ! -f "$venv/.complete-4" ]; then
 fi
 "$venv/bin/python" -c "import sys; assert sys.version_info[:2] == (3, 6), sys.version; print('python', sys.version.split()[0])"
 # test_service_systemd.py installs with the distribution's python3 whatever runs pytest: the
-# main run covers it. The fast model's tracking accuracy on JetPack 4's stack (OpenCV, numpy
-# 1.19, ONNX Runtime 1.10 decode and infer the demo video a little differently) read IDF1 0.69,
-# under the 0.70 target that the main run checks (0.78 there): a known gap (issue 17), not
-# a compatibility failure; the accurate model's targets are still checked here.
+# main run covers it. The tracking accuracy test renders its video here, with OpenCV 4.6's
+# own FFmpeg: the same frames, encoded into other bytes than the main run's (same quality), so
+# its detections and scores differ a little from the main run's (benchmarks/README.md).
 # The 3-node RabbitMQ cluster costs ~30 s to start and the broker side does not depend on the
 # agent's Python: its failover test runs in the main run; the mosquitto failover and bridge
 # tests of test_fleet.py (the same failover code, under paho-mqtt 1.6) run here.
 PYTHONPATH="$PWD" "$venv/bin/python" -m pytest -q -p no:cacheprovider \
   --ignore=tests/test_typecheck.py --ignore=tests/test_training.py --ignore=tests/test_service_systemd.py \
-  --deselect "tests/test_track_accuracy.py::test_demo_video_meets_the_targets[fast]" \
   --deselect "tests/test_fleet.py::test_cluster_failover_when_the_connected_node_is_killed" "$@" tests
