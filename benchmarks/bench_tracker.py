@@ -4,6 +4,7 @@
     python benchmarks/bench_tracker.py --objects 200
     python benchmarks/bench_tracker.py --no-images     # motion alone (no appearance cue)
     python benchmarks/bench_tracker.py --against REV   # this tree's tracker against git revision REV's
+                                                       # (both with this tree's tracking settings)
 
 Synthetic scene: N boxes moving at constant velocity and bouncing off the frame edges,
 each detected with probability 0.9 at a jittered box and a random score in [0.1, 1]
@@ -17,6 +18,7 @@ costs when other processes compete for the cores), and the number of tracks in v
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -91,7 +93,12 @@ def against(rev, args, frames):
     frame), in one process: the ratio of their CPU time per update, and whether every frame's
     track ids are the same."""
     theirs_tracker, theirs_config = tracker_of(rev)
-    pair = [Tracker(TrackingConfig()), theirs_tracker(theirs_config())]
+    ours = TrackingConfig()
+    # Both run with this tree's settings (those ``rev`` knows): a code change is compared on the
+    # same behaviour; a change of defaults is an accuracy question (track_accuracy.py).
+    known = {f.name for f in dataclasses.fields(theirs_config)}
+    pair = [Tracker(ours), theirs_tracker(theirs_config(**{k: v for k, v in dataclasses.asdict(ours).items()
+                                                            if k in known}))]
     cpu, same = ([], []), True
     for i, (b, s, c, layout) in enumerate(frames):
         image = None if args.no_images else draw(layout)
