@@ -57,6 +57,20 @@ def test_video_file_records_are_complete_and_valid(small_video):
     assert p.status()["state"] in ("finished", "stopped")
 
 
+def test_the_readme_example_record_is_a_valid_record():
+    """The record a user first reads (README.md) is one the schema accepts, at its version."""
+    import re
+
+    from agent.publish.schema import SCHEMA_VERSION
+
+    text = open(os.path.join(ROOT, "README.md")).read()
+    example = re.search(r"## The detection record.*?```json\n(.*?)```", text, re.S).group(1)
+    record = json.loads(example)
+    jsonschema.validate(record, SCHEMA)
+    assert record["schema_version"] == SCHEMA_VERSION
+    assert all("track_id" in d for d in record["detections"])  # tracking is on by default
+
+
 def test_demo_model_finds_demo_objects(tmp_path):
     """On frames rendered like the training data, the fast model detects the objects there."""
     import sys
