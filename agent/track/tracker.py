@@ -67,11 +67,9 @@ MAX_BUFFER = 0.5
 # Per track, one row of ``Tracker._state`` (one array, so that the table grows, shrinks and is
 # gathered in one numpy operation each): its Kalman mean (cx, cy, a, h, then their velocities)
 # and covariance (kalman: 3 x 4), its colour's moving average (appearance.describe) and
-# whether it has one (tracks seen without images do not), and, as the Track says them, the
-# frames since its last match and whether it is confirmed.
-_MEAN, _COV, _COLOUR = slice(0, 8), slice(8, 20), slice(20, 23)
-_COLOURED, _LOST, _CONFIRMED = 23, 24, 25
-_WIDTH = 26
+# whether it has one (tracks seen without images do not).
+_MEAN, _COV, _COLOUR, _COLOURED = slice(0, 8), slice(8, 20), slice(20, 23), 23
+_WIDTH = 24
 
 
 def _duplicates(iou, scores):
@@ -191,7 +189,7 @@ class Tracker(object):
             both = iou_matrix(np.concatenate([pred, boxes]), boxes)
             iou, dd = both[:n], both[n:]
             used = _duplicates(dd, scores)
-            lost = state[:, _LOST]
+            lost = np.array([t.lost for t in tracks], np.float64)
             if s.lost_buffer > 0 and lost.any():
                 buffered_iou(pred, boxes, np.minimum(lost * s.lost_buffer, MAX_BUFFER), out=iou)
             if colours is not None:
@@ -200,7 +198,7 @@ class Tracker(object):
                     sim = self._similarity(iou, colours, clean)
             high = scores >= s.high_threshold
             low = ~high & (scores >= s.low_threshold)
-            confirmed = state[:, _CONFIRMED] > 0
+            confirmed = np.array([t.confirmed for t in tracks])
             self._match(iou, sim, confirmed, high & ~used, s.match_iou, det_of, used)
             self._match(iou, sim, confirmed & (det_of < 0), low & ~used, max(s.match_iou, SECOND_PASS_IOU),
                         det_of, used)
@@ -218,7 +216,6 @@ class Tracker(object):
             kalman.update(rows[:, _MEAN], _covariances(rows), measured[di])
             if colours is not None:
                 self._learn(rows, di, colours, scores, clean)
-            rows[:, _LOST] = 0
             state[matched] = rows
             ids = []
             min_hits = s.min_hits
@@ -227,7 +224,7 @@ class Tracker(object):
                 t = tracks[i]
                 t._hit(box, score, class_id, timestamp)
                 if not t.confirmed and t.hits >= min_hits:
-                    self._confirm(t, i)
+                    self._confirm(t)
                 ids.append(t.id)
             track_ids[di] = ids
         ended = self._age(det_of, pred)
@@ -315,20 +312,17 @@ class Tracker(object):
         det_of[rows[r[ok]]] = c
         used[c] = True
 
-    def _confirm(self, track, row):
+    def _confirm(self, track):
         track.confirmed = True
         track.id = self._next_id
         self._next_id += 1
-        self._state[row, _CONFIRMED] = 1.0
 
     def _age(self, det_of, pred):
         """Unmatched tracks: tentative ones are dropped, confirmed ones lost, then ended; returns the ended."""
         s = self.settings
         keep = None
         ended = []
-        unmatched = np.flatnonzero(det_of < 0)
-        self._state[unmatched, _LOST] += 1.0
-        for i in unmatched.tolist():
+        for i in np.flatnonzero(det_of < 0).tolist():
             t = self.tracks[i]
             t.lost += 1
             t.box = pred[i].tolist()
@@ -361,14 +355,13 @@ class Tracker(object):
         kalman.initiate(measured[new], rows[:, _MEAN], _covariances(rows))
         if colours is not None:
             rows[:, _COLOUR], rows[:, _COLOURED] = colours[new], clean[new]
-        first = len(self.tracks)
         self._state = np.concatenate([self._state, rows])
         class_list = np.asarray(class_ids)[new].tolist()
         for k, (box, score) in enumerate(zip(boxes[new].tolist(), scores[new].tolist())):
             t = Track(box, score, class_list[k], timestamp)
             self.tracks.append(t)
             if s.min_hits <= 1:
-                self._confirm(t, first + k)
+                self._confirm(t)
                 track_ids[new[k]] = t.id
 
     def _evict(self, wanted, ended):
