@@ -226,4 +226,11 @@ def test_bridge_from_a_site_broker_loses_nothing_when_the_central_one_goes(tmp_p
         site.stop()
         central.stop()
     seqs = [r["seq"] for r in consumer.json("/detections")]
-    assert first_occurrences(seqs) == list(range(1, last + 1)) and last > 100
+    order = first_occurrences(seqs)
+    assert sorted(order) == list(range(1, last + 1)) and last > 100
+    # Order is not promised across the bridge's reconnect: mosquitto keeps it only with
+    # max_inflight_messages 1 (mosquitto.conf(5)); with the default 20 a live record can pass
+    # the backlog (CI saw 124 arrive between 51 and 52). Consumers order by seq (docs/fleet.md).
+    # What it may do is bounded: a record passes the backlog only at the reconnect.
+    passed = sum(1 for a, b in zip(order, order[1:]) if b < a)
+    assert passed <= 20, (passed, order)
