@@ -2,7 +2,14 @@
 
 import glob
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
+
+# The CPU's fast paths in C (agent/native/fastpath.c), loaded with ctypes: plain C, no Python
+# or numpy headers, so any C compiler builds it (JetPack's GCC 7.5 included). Optional: where
+# it does not build, the install goes on and the numpy paths run (agent/native/__init__.py).
+# -ffp-contract=off: no fused multiply-add, so every operation rounds as the numpy reference's.
+FASTPATH = Extension("agent.native._fastpath", sources=["agent/native/fastpath.c"], optional=True,
+                     extra_compile_args=["-std=c99", "-O3", "-ffp-contract=off"])
 
 setup(
     name="edge-agent",
@@ -13,7 +20,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.6",
     packages=find_packages(include=["agent", "agent.*"]),
-    package_data={"agent": ["schemas/*.json", "kernels/*.cu", "kernels/*.h", "fleet/*.jsonl.gz"]},
+    package_data={"agent": ["schemas/*.json", "kernels/*.cu", "kernels/*.h", "fleet/*.jsonl.gz", "native/*.c"]},
+    ext_modules=[FASTPATH],
     data_files=[
         ("share/edge-agent/models", glob.glob("models/*.onnx") + glob.glob("models/*.md")),
         ("share/edge-agent/systemd", glob.glob("systemd/*")),

@@ -63,6 +63,18 @@ def check_numpy():
     return _check("numpy", OK, np.__version__)
 
 
+def check_native():
+    """The C fast paths (agent/native): built at install when a C compiler was there; else WARN."""
+    from . import native
+
+    path = native._find()
+    if native.LIB is not None:
+        return _check("native", OK, "C fast paths for NMS and tracking ({})".format(os.path.basename(path)))
+    detail = "not loaded: {}".format(path) if path else "not built (no C compiler when the agent was installed)"
+    return _check("native", WARN, detail + ": NMS and tracking run their numpy paths (slower, same results)",
+                  "install a C compiler (apt-get install gcc) and reinstall the agent (scripts/install.sh)")
+
+
 def check_opencv(config):
     cv2, err = _import("cv2")
     needs_gst = any(c.source.startswith(("csi://", "gst://")) for c in config.cameras)
@@ -346,7 +358,7 @@ def check_health():
 
 def run_checks(config):
     """All checks for ``config``, in display order."""
-    checks = [check_python(), check_numpy(), check_opencv(config), check_onnxruntime(config),
+    checks = [check_python(), check_numpy(), check_native(), check_opencv(config), check_onnxruntime(config),
               check_tensorrt(config), check_pycuda(config), check_cuda(config), check_models(config)]
     checks += [check_camera(cam) for cam in config.cameras]
     checks += [check_broker(config), check_engines(config), check_kernels(config)]

@@ -4,7 +4,8 @@ Run by hand: ``python benchmarks/bench_postprocess.py``. All figures come from o
 (medians of 21). The libraries get their fastest form: cv2 its inputs as prebuilt
 Python lists (not timed; a column also times it from numpy arrays, as a pipeline has
 them), torchvision (when installed) tensors. Ours is ``agent.postprocess.nms`` as the
-agent runs it, and with OpenCV hidden (the numpy strategies, as on JetPack's OpenCV).
+agent runs it (the C path of agent/native, where built), without the C path (OpenCV where
+it wins, else numpy: the agent before it) and numpy only (no C path and JetPack's OpenCV).
 Clustered sets are detector-like (jittered boxes around 40 objects, 5 classes);
 sparse ones spread over the image (most boxes kept). Every keep set is checked equal.
 """
@@ -19,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cv2  # noqa: E402
 
+from agent import native  # noqa: E402
 from agent.backends.base import TensorSpec  # noqa: E402
 from agent.postprocess import make_decoder, nms  # noqa: E402
 
@@ -61,14 +63,32 @@ def _torchvision():
     return torch, torchvision
 
 
+def without(*hidden):
+    """Run fn with some of the NMS's paths hidden: ``hidden`` are (module, attribute) pairs set to None."""
+    def run(fn):
+        saved = [getattr(m, k) for m, k in hidden]
+        for m, k in hidden:
+            setattr(m, k, None)
+        try:
+            return fn()
+        finally:
+            for (m, k), v in zip(hidden, saved):
+                setattr(m, k, v)
+    return run
+
+
 def bench_nms(rng):
     module = sys.modules["agent.postprocess.nms"]
-
+    no_native = without((native, "LIB"))  # OpenCV where it wins, else numpy: the agent before the C path
+    numpy_only = without((native, "LIB"), (module, "_NMS_BOXES"))  # JetPack's OpenCV, no compiler at install
+    if native.LIB is None:
+        print("the native fast path is not built (agent/native): 'ours' is the numpy/OpenCV path")
     tv = _torchvision()
-    print("NMS (iou 0.45), ms, median of {} runs; ratio = fastest library / ours (>= 1: ours as fast or faster)"
-          .format(REPEATS))
-    print("| set | n | classes | ours | ours, numpy only | cv2 lists | cv2 from arrays | torchvision | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("NMS (iou 0.45), ms, median of {} runs; library = fastest library / ours, numpy = numpy only / ours "
+          "(>= 1: ours as fast or faster)".format(REPEATS))
+    print("| set | n | classes | ours | ours without C | numpy only | cv2 lists | cv2 from arrays | torchvision "
+          "| library / ours | numpy / ours |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for label, gen in (("clustered", clustered), ("sparse", uniform)):
         for n in (100, 1000, 5000, 10000):
             boxes, k = gen(rng, n)
@@ -84,16 +104,13 @@ def bench_nms(rng):
                 else:
                     lib = lambda: cv2.dnn.NMSBoxes(rl, sl, 0.0, 0.45)  # noqa: E731
                     lib_np = lambda: cv2.dnn.NMSBoxes(rects.tolist(), scores, 0.0, 0.45)  # noqa: E731
+                ours = lambda: nms(boxes, scores, 0.45, class_ids=ids)  # noqa: E731
                 want = sorted(np.asarray(lib(), np.int64).reshape(-1).tolist())
-                ours = nms(boxes, scores, 0.45, class_ids=ids)
-                saved, module._NMS_BOXES = module._NMS_BOXES, None
-                try:
-                    numpy_only = nms(boxes, scores, 0.45, class_ids=ids)
-                    t_np = median_ms(lambda: nms(boxes, scores, 0.45, class_ids=ids))
-                finally:
-                    module._NMS_BOXES = saved
-                assert sorted(ours.tolist()) == want and sorted(numpy_only.tolist()) == want, (label, n, aware)
-                t_us = median_ms(lambda: nms(boxes, scores, 0.45, class_ids=ids))
+                for run in (ours, lambda: no_native(ours), lambda: numpy_only(ours)):
+                    assert sorted(run().tolist()) == want, (label, n, aware)
+                t_us = median_ms(ours)
+                t_old = no_native(lambda: median_ms(ours))
+                t_np = numpy_only(lambda: median_ms(ours))
                 t_lib, t_lib_np = median_ms(lib), median_ms(lib_np)
                 t_tv = None
                 if tv:
@@ -102,9 +119,10 @@ def bench_nms(rng):
                     op = ((lambda: torchvision.ops.batched_nms(tb, ts, tc, 0.45)) if aware
                           else (lambda: torchvision.ops.nms(tb, ts, 0.45)))
                     t_tv = median_ms(op)
-                print("| {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {} | **{:.2f}** |".format(
-                    label, n, "5, aware" if aware else "agnostic", t_us, t_np, t_lib, t_lib_np,
-                    "{:.3f}".format(t_tv) if t_tv is not None else "-", t_lib / t_us))
+                fastest = min(t for t in (t_lib, t_lib_np, t_tv) if t is not None)
+                print("| {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {} | **{:.2f}** | **{:.2f}** |".format(
+                    label, n, "5, aware" if aware else "agnostic", t_us, t_old, t_np, t_lib, t_lib_np,
+                    "{:.3f}".format(t_tv) if t_tv is not None else "-", fastest / t_us, t_np / t_us))
 
 
 def bench_decode(rng):

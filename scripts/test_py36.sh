@@ -25,6 +25,9 @@ if [ ! -f "$venv/.complete-4" ]; then
   touch "$venv/.complete-4"
 fi
 "$venv/bin/python" -c "import sys; assert sys.version_info[:2] == (3, 6), sys.version; print('python', sys.version.split()[0])"
+# The tests import the checkout (PYTHONPATH): build its C fast paths for this interpreter in place,
+# as pip does at install (agent/native/_fastpath.cpython-36m-*.so beside the main venv's).
+"$venv/bin/python" setup.py -q build_ext --inplace
 # test_service_systemd.py installs with the distribution's python3 whatever runs pytest: the
 # main run covers it. The tracking accuracy test renders its video here, with OpenCV 4.6's
 # own FFmpeg: the same frames, encoded into other bytes than the main run's (same quality), so

@@ -1,9 +1,11 @@
-"""The numpy NMS against cv2.dnn.NMSBoxes: randomized, at the threshold, on score ties."""
+"""The NMS (C, OpenCV and numpy strategies) against cv2.dnn.NMSBoxes and the reference: randomized,
+at the threshold, on score ties, and on layouts that test the C path's grid."""
 
 import cv2
 import numpy as np
 import pytest
 
+from agent import native
 from agent.config import DetectionConfig
 from agent.postprocess import make_decoder, nms, postprocess
 from agent.backends.base import TensorSpec
@@ -13,9 +15,14 @@ SIZES = (0, 1, 2, 63, 64, 65, 200)
 NMS_MODULE = __import__("agent.postprocess.nms", fromlist=["nms"])
 
 
-@pytest.fixture(autouse=True, params=["auto", "opencv", "batched", "sweep"])
+@pytest.fixture(autouse=True, params=["auto", "native", "opencv", "batched", "sweep"])
 def strategy(request, monkeypatch):
     """Every test runs with the automatic choice and with each exact strategy forced."""
+    if request.param == "native":
+        assert native.LIB is not None, "agent/native is not built: pip install -e . (a C compiler)"
+        return request.param
+    if request.param != "auto":
+        monkeypatch.setattr(native, "LIB", None)
     if request.param == "opencv":
         if NMS_MODULE._NMS_BOXES is None:
             pytest.skip("OpenCV {} < 4.7: the numpy strategies only".format(cv2.__version__))
@@ -215,3 +222,36 @@ def test_postprocess_skips_nms_for_end_to_end():
     assert dec.has_nms
     boxes, scores, cls = postprocess(dec, {"output0": det}, DetectionConfig(max_detections=2))
     assert cls.tolist() == [2, 2] and boxes.dtype == np.float32
+
+
+def test_layouts_that_stress_the_grid_equal_the_reference():
+    """The C path files kept boxes by grid cell and class (agent/native/fastpath.c): boxes over
+    many cells, far apart, huge coordinates, infinite or NaN ones, and class ids of any size
+    decide as the reference does (every strategy runs these too)."""
+    rng = np.random.default_rng(11)
+    for case in range(300):
+        n = int(rng.integers(1, 300))
+        boxes, scores = random_boxes(rng, n, grid=case % 2 == 0)
+        kind = case % 6
+        if kind == 1:  # a few boxes much larger than the rest: over many cells
+            big = rng.random(n) < 0.05
+            boxes[big, 2:] = boxes[big, :2] + rng.uniform(300, 2000, (big.sum(), 2))
+        elif kind == 2:  # two far-apart groups: a grid of mostly empty cells
+            boxes[n // 2:] += 1e7
+        elif kind == 3:  # huge coordinates
+            boxes = boxes * 1e9 - 5e11
+        elif kind == 4:  # infinite and NaN corners on some boxes
+            bad = rng.integers(0, n, max(1, n // 10))
+            boxes[bad, rng.integers(0, 4, len(bad))] = rng.choice([np.inf, -np.inf, np.nan], len(bad))
+        elif kind == 5:  # tiny boxes beside normal ones: the mean side misleads
+            tiny = rng.random(n) < 0.5
+            boxes[tiny, 2:] = boxes[tiny, :2] + 1e-3
+        cls = rng.choice([-(2 ** 40), 7, 2 ** 40 + 3], n) if case % 3 == 0 else None
+        thr = float(rng.choice([0.1, 0.45, 0.7]))
+        with np.errstate(invalid="ignore", over="ignore"):
+            want = nms_reference(boxes, scores, thr, class_ids=cls)
+            got = nms(boxes, scores, thr, class_ids=cls)
+        assert np.array_equal(got, want), "case {} kind {}".format(case, kind)
+        limit = int(rng.integers(1, 5))
+        with np.errstate(invalid="ignore", over="ignore"):
+            assert np.array_equal(nms(boxes, scores, thr, class_ids=cls, max_detections=limit), want[:limit])

@@ -1,10 +1,14 @@
 """IoU of boxes for the tracker, every pair at once: plain (``iou_matrix``) and grown by a
-buffer per row (``buffered_iou``, C-BIoU). On the tracker's small matrices every numpy
-operation costs more in its call than in its arithmetic, so x and y are computed together
-(corners as (x, y) pairs on the first axis) and the temporaries are updated in place.
+buffer per row (``buffered_iou``, C-BIoU); ``pairs`` gives the tracker both of its matrices
+in one call. On the tracker's small matrices every numpy operation costs more in its call
+than in its arithmetic, so x and y are computed together (corners as (x, y) pairs on the
+first axis) and the temporaries are updated in place; where agent/native is built, ``pairs``
+is one C loop instead (the same bits: tests/test_native.py).
 """
 
 import numpy as np
+
+from .. import native
 
 
 def _iou(alo, ahi, blo, bhi):
@@ -45,3 +49,18 @@ def buffered_iou(a, b, buffer, out=None):
         bgrow = bgrow * g  # 2 x L x M
         out[rows] = _iou(r[:2] - grow, r[2:] + grow, b[:2] - bgrow, b[2:] + bgrow)
     return out
+
+
+def pairs(tracks, boxes, buffer=None):
+    """(IoU of ``tracks`` x ``boxes``, track i's pairs grown by ``buffer[i]`` when given (C-BIoU);
+    IoU of ``boxes`` x ``boxes``): the tracker's two matrices, N x M and M x M."""
+    n = len(tracks)
+    both = np.concatenate([tracks, boxes])
+    if native.LIB is not None:
+        grow = None if buffer is None else np.concatenate([buffer, np.zeros(len(boxes))])
+        both = native.iou(both, boxes, grow)
+    else:
+        both = iou_matrix(both, boxes)
+        if buffer is not None:
+            buffered_iou(tracks, boxes, buffer, out=both[:n])
+    return both[:n], both[n:]

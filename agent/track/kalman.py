@@ -17,6 +17,8 @@ exactly the full filter's numbers (tests/test_track.py checks it against the 8 x
 
 import numpy as np
 
+from .. import native
+
 STD_POSITION = 1.0 / 20
 STD_VELOCITY = 1.0 / 160
 # Standard deviations = height x the first row + the second (the aspect ratio's are constants),
@@ -71,7 +73,10 @@ def initiate(xyah, means=None, covs=None):
 
 
 def predict(means, covs):
-    """One frame ahead, in place: the means and covariances of every track (returned, for chaining)."""
+    """One frame ahead, in place: the means and covariances of every track (returned, for chaining).
+    Where agent/native is built, its C loop (the same bits); the numpy below is its reference."""
+    if native.LIB is not None:
+        return native.kalman_predict(means, covs, _PROCESS)
     q = _variances(means[:, 3], _PROCESS)  # process noise: positions, velocities
     means[:, :4] += means[:, 4:]
     p, c, v = covs[:, 0], covs[:, 1], covs[:, 2]
@@ -86,7 +91,10 @@ def predict(means, covs):
 
 
 def update(means, covs, xyah):
-    """Correct tracks with their matched measurements (row i measures track i), in place (returned)."""
+    """Correct tracks with their matched measurements (row i measures track i), in place (returned).
+    Where agent/native is built, its C loop (the same bits); the numpy below is its reference."""
+    if native.LIB is not None:
+        return native.kalman_update(means, covs, xyah, _MEASURE)
     s = _variances(means[:, 3], _MEASURE)
     s += covs[:, 0]  # innovation variance
     gain = covs[:, :2] / s[:, None]  # per block: position (p / s) and velocity (c / s)

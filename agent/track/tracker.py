@@ -49,9 +49,10 @@ only: benchmarks/track_accuracy.py measures them there and on videos of other se
 
 import numpy as np
 
+from .. import native
 from ..errors import AgentError
 from . import appearance, kalman
-from .iou import buffered_iou, iou_matrix
+from .iou import buffered_iou, iou_matrix, pairs  # noqa: F401 (buffered_iou: tests import it from here)
 
 SECOND_PASS_IOU = 0.5  # ByteTrack's: low-confidence detections must overlap well
 TENTATIVE_IOU = 0.3  # ByteTrack's for unconfirmed tracks
@@ -185,13 +186,10 @@ class Tracker(object):
             dd = iou_matrix(boxes, boxes)
             used = _duplicates(dd, scores)
         else:
-            # One IoU call: tracks x detections above, detections x detections below.
-            both = iou_matrix(np.concatenate([pred, boxes]), boxes)
-            iou, dd = both[:n], both[n:]
-            used = _duplicates(dd, scores)
             lost = np.array([t.lost for t in tracks], np.float64)
-            if s.lost_buffer > 0 and lost.any():
-                buffered_iou(pred, boxes, np.minimum(lost * s.lost_buffer, MAX_BUFFER), out=iou)
+            buffer = np.minimum(lost * s.lost_buffer, MAX_BUFFER) if s.lost_buffer > 0 and lost.any() else None
+            iou, dd = pairs(pred, boxes, buffer)  # tracks x detections, detections x detections
+            used = _duplicates(dd, scores)
             if colours is not None:
                 clean = (dd > ISOLATED_IOU).sum(1) <= 1  # their colours are their own
                 if state[:, _COLOURED].any():
@@ -249,9 +247,13 @@ class Tracker(object):
         """The score that ranks pairs: IoU less ``appearance_weight`` x the colour distance of each
         track (that has a colour) and ``clean`` detection (overlapping no other: the colour of
         one that does may be its occluder's), at least 1e-6 (every pair a candidate); 0 for a
-        pair further apart than ``appearance_gate`` (or whose fused score is below -0.5): refused."""
+        pair further apart than ``appearance_gate`` (or whose fused score is below -0.5): refused.
+        Where agent/native is built, one C loop (the same bits); the numpy below is its reference."""
         s = self.settings
         state = self._state
+        if native.LIB is not None:
+            return native.similarity(iou, state[:, _COLOUR], state[:, _COLOURED], colours, clean, appearance.SCALE,
+                                     s.appearance_weight, s.appearance_gate)
         dist = appearance.distance(state[:, _COLOUR], colours)
         dist *= state[:, _COLOURED, None]  # 0 for a track without a colour
         dist *= clean  # and for a detection that is not clean

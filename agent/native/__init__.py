@@ -1,0 +1,156 @@
+"""The CPU's hand-written fast paths in C (``fastpath.c``), called through ctypes.
+
+setup.py builds ``fastpath.c`` as an optional extension (a C compiler is all it needs: no
+Python or numpy headers). Where it was not built (no compiler at install time, or a
+checkout run from its source tree without ``python setup.py build_ext --inplace``),
+``LIB`` is None and the callers run their numpy paths. Every function here has a
+reference that the tests hold it to exactly, named in its docstring.
+"""
+
+import ctypes
+import importlib.machinery
+import logging
+import os
+
+import numpy as np
+
+log = logging.getLogger("edge_agent.native")
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_P = ctypes.c_void_p
+
+
+def _find():
+    """The built library's path for this interpreter, or None."""
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(_HERE, "_fastpath" + suffix)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _load():
+    path = _find()
+    if path is None:
+        return None
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as e:  # a build for another machine, or a broken file: the numpy paths run
+        log.warning("native fast paths not loaded (%s): the numpy paths run", e)
+        return None
+    lib.ea_nms.argtypes = [_P, _P, _P, ctypes.c_int64, ctypes.c_float, ctypes.c_int64, _P]
+    lib.ea_nms.restype = ctypes.c_int64
+    i64 = ctypes.c_int64
+    for name, args in (("ea_iou", [_P, i64, _P, i64, _P, _P]),
+                       ("ea_colours", [_P, i64, i64, i64, i64, i64, i64, _P, i64, _P, i64, _P]),
+                       ("ea_kalman_predict", [_P, i64, _P, i64, i64, _P]),
+                       ("ea_kalman_update", [_P, i64, _P, i64, i64, _P, _P]),
+                       ("ea_distance", [_P, i64, _P, i64, ctypes.c_double, _P]),
+                       ("ea_similarity", [_P, i64, i64, _P, _P, _P, _P, ctypes.c_double, ctypes.c_double,
+                                          ctypes.c_double, _P])):
+        getattr(lib, name).argtypes = args
+        getattr(lib, name).restype = None
+    return lib
+
+
+LIB = _load()
+
+
+def _ptr(a):
+    return a.__array_interface__["data"][0]
+
+
+def nms(boxes, order, cls, iou_threshold, limit):
+    """Greedy NMS (reference: ``agent.postprocess.nms_reference``): kept indices (int64), best first.
+
+    ``boxes``: N x 4 float64 x1 y1 x2 y2; ``order``: the visiting order (best first, int64);
+    ``cls``: int64 class per box, or None (class-agnostic); at most ``limit`` kept.
+    Raises MemoryError when the C side could not allocate.
+    """
+    boxes = np.ascontiguousarray(boxes, np.float64)
+    order = np.ascontiguousarray(order, np.int64)
+    if cls is not None:
+        cls = np.ascontiguousarray(cls, np.int64)
+    n = len(order)
+    keep = np.empty(max(min(n, int(limit)), 1), np.int64)
+    k = LIB.ea_nms(_ptr(boxes), _ptr(order), None if cls is None else _ptr(cls), n,
+                   float(iou_threshold), int(limit), _ptr(keep))
+    if k < 0:
+        raise MemoryError("nms: the native path could not allocate its grid for {} boxes".format(n))
+    return keep[:k]
+
+
+def iou(a, b, buffer=None):
+    """IoU of every box of ``a`` (N x 4 xyxy) with every box of ``b`` (M x 4): N x M; with
+    ``buffer`` (N), row i's pairs grown by buffer[i] first (C-BIoU). Reference: agent.track.iou,
+    ``iou_matrix`` and ``buffered_iou`` (the same bits)."""
+    a = np.ascontiguousarray(a, np.float64)
+    bt = np.ascontiguousarray(np.asarray(b, np.float64).T)  # coordinates first: the C loop vectorizes
+    out = np.empty((len(a), len(bt[0])))
+    if buffer is not None:
+        buffer = np.ascontiguousarray(buffer, np.float64)
+    LIB.ea_iou(_ptr(a), len(a), _ptr(bt), out.shape[1], None if buffer is None else _ptr(buffer), _ptr(out))
+    return out
+
+
+def colours(image, boxes, offsets):
+    """Median colour of the pixel grid ``offsets`` mid-box, per box (M x 3 float64) of a uint8 image.
+    Reference: agent.track.appearance.describe (the same values)."""
+    boxes = np.ascontiguousarray(boxes, np.float64)
+    offsets = np.ascontiguousarray(offsets, np.float64)
+    out = np.empty((len(boxes), 3))
+    h, w = image.shape[:2]
+    channels, step = (image.shape[2], image.strides[2]) if image.ndim == 3 else (1, 0)
+    LIB.ea_colours(_ptr(image), h, w, channels, image.strides[0], image.strides[1], step, _ptr(boxes), len(boxes),
+                   _ptr(offsets), len(offsets), _ptr(out))
+    return out
+
+
+def _rows(means, covs):
+    """(means, its row step, covariances, its row step): pointers and steps in doubles of the float64
+    means (N x 8) and covariances (N x 3 x 4), each row contiguous (views of the tracker's table are)."""
+    if (means.dtype != np.float64 or covs.dtype != np.float64 or means.strides[1] != 8
+            or covs.strides[1:] != (32, 8)):
+        raise ValueError("kalman: means and covariances must be float64 arrays with contiguous rows")
+    return _ptr(means), means.strides[0] // 8, _ptr(covs), covs.strides[0] // 8
+
+
+def kalman_predict(means, covs, noise):
+    """agent.track.kalman.predict in place (the same bits); ``noise``: its process weights (2 x 8)."""
+    if len(means):
+        noise = np.ascontiguousarray(noise, np.float64)
+        LIB.ea_kalman_predict(*_rows(means, covs), len(means), _ptr(noise))
+    return means, covs
+
+
+def kalman_update(means, covs, xyah, noise):
+    """agent.track.kalman.update in place (the same bits); ``noise``: its measurement weights (2 x 4)."""
+    if len(means):
+        xyah = np.ascontiguousarray(xyah, np.float64)
+        noise = np.ascontiguousarray(noise, np.float64)
+        LIB.ea_kalman_update(*_rows(means, covs), len(means), _ptr(xyah), _ptr(noise))
+    return means, covs
+
+
+def distance(a, b, scale):
+    """Colour distance of every row of ``a`` (N x 3) to every row of ``b`` (M x 3), times ``scale``: N x M.
+    Reference: agent.track.appearance.distance (the same bits)."""
+    a = np.ascontiguousarray(a, np.float64)
+    b = np.ascontiguousarray(b, np.float64)
+    out = np.empty((len(a), len(b)))
+    LIB.ea_distance(_ptr(a), len(a), _ptr(b), len(b), float(scale), _ptr(out))
+    return out
+
+
+def similarity(iou, track_colours, coloured, colours, clean, scale, weight, gate):
+    """The tracker's fused score of every track and detection pair (N x M). Reference:
+    agent.track.tracker.Tracker._similarity (the same bits)."""
+    iou = np.ascontiguousarray(iou, np.float64)
+    track_colours = np.ascontiguousarray(track_colours, np.float64)
+    coloured = np.ascontiguousarray(coloured, np.float64)
+    colours = np.ascontiguousarray(colours, np.float64)
+    clean = np.ascontiguousarray(clean, np.uint8)
+    out = np.empty(iou.shape)
+    LIB.ea_similarity(_ptr(iou), iou.shape[0], iou.shape[1], _ptr(track_colours), _ptr(coloured), _ptr(colours),
+                      _ptr(clean), float(scale), float(weight), float(gate), _ptr(out))
+    return out

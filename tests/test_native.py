@@ -1,0 +1,167 @@
+"""agent/native (the C fast paths) against the numpy references they stand for: the same bits.
+
+The NMS is held to nms_reference in tests/test_nms.py (every test there runs it); here the
+tracker's arithmetic, function by function, and the whole tracker with and without it.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from agent import native
+from agent.config import TrackingConfig
+from agent.track import appearance, kalman
+from agent.track.iou import pairs
+from agent.track.tracker import Tracker
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def numpy_only(monkeypatch):
+    """Run the block with the C paths hidden: ``with numpy_only(): ...``."""
+    class Hidden(object):
+        def __enter__(self):
+            monkeypatch.setattr(native, "LIB", None)
+
+        def __exit__(self, *exc):
+            monkeypatch.undo()
+    assert native.LIB is not None, "agent/native is not built: pip install -e . (needs a C compiler)"
+    return Hidden
+
+
+def boxes_of(rng, n, spread=1000.0):
+    xy = rng.uniform(-50, spread, (n, 2))
+    return np.concatenate([xy, xy + rng.uniform(1, 120, (n, 2))], 1)
+
+
+def same(a, b):
+    """Equal to the bit (NaN where NaN), shape and dtype."""
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+def test_the_fast_paths_are_built_and_load():
+    """setup.py builds agent/native (optional: without a compiler the install goes on); the suite
+    runs where it is built, so that every test below holds the C paths to their references."""
+    assert native.LIB is not None, "agent/native is not built: pip install -e . (needs a C compiler)"
+    assert os.path.basename(native._find()).startswith("_fastpath")
+
+
+def test_pairs_equal_numpy_with_and_without_buffers(numpy_only):
+    rng = np.random.default_rng(0)
+    for case in range(200):
+        n, m = int(rng.integers(0, 60)), int(rng.integers(0, 60))
+        tracks, dets = boxes_of(rng, n, 300), boxes_of(rng, m, 300)
+        buffer = None
+        if case % 2 and n:
+            buffer = np.where(rng.random(n) < 0.3, rng.uniform(0, 0.5, n), 0.0)
+        fast = pairs(tracks, dets, buffer)
+        with numpy_only():
+            ref = pairs(tracks, dets, buffer)
+        assert same(fast[0], ref[0]) and same(fast[1], ref[1]), case
+
+
+def test_colours_equal_numpy_on_colour_grey_and_strided_images(numpy_only):
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
+    for img in (image, image[:, :, 0].copy(), image[::2, 1::3], np.dstack([image, image[:, :, :1]])):
+        boxes = boxes_of(rng, 40, 700)  # some partly or wholly outside the image
+        fast = appearance.describe(img, boxes)
+        with numpy_only():
+            ref = appearance.describe(img, boxes)
+        assert same(fast, ref), img.shape
+    assert appearance.describe(image, np.zeros((0, 4))).shape == (0, 3)
+
+
+def test_colour_distance_and_similarity_equal_numpy(numpy_only):
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        n, m = int(rng.integers(0, 40)), int(rng.integers(0, 40))
+        a, b = rng.uniform(0, 255, (n, 3)), rng.uniform(0, 255, (m, 3))
+        fast = appearance.distance(a, b)
+        with numpy_only():
+            ref = appearance.distance(a, b)
+        assert same(fast, ref)
+        tracker = Tracker(TrackingConfig())
+        tracker._state = rng.uniform(0, 255, (n, 24))
+        tracker._state[:, 23] = rng.random(n) < 0.7  # some tracks without a colour yet
+        iou, clean = rng.uniform(0, 1, (n, m)), rng.random(m) < 0.6
+        fast = tracker._similarity(iou, b, clean)
+        with numpy_only():
+            ref = tracker._similarity(iou, b, clean)
+        assert same(fast, ref)
+
+
+def test_kalman_steps_equal_numpy_on_separate_arrays_and_on_table_views(numpy_only):
+    rng = np.random.default_rng(3)
+    z = rng.uniform(10, 400, (30, 4))
+    for layout in ("arrays", "table"):
+        runs = []
+        for hidden in (False, True):
+            if layout == "arrays":
+                means, covs = kalman.initiate(z)
+            else:  # the tracker's layout: rows of one table, means and covariances side by side
+                table = np.zeros((30, 24))
+                means, covs = table[:, :8], table[:, 8:20].reshape(30, 3, 4)
+                kalman.initiate(z, means, covs)
+            if hidden:
+                with numpy_only():
+                    steps = _filter(means, covs, rng_seed=4)
+            else:
+                steps = _filter(means, covs, rng_seed=4)
+            runs.append(steps)
+        assert all(same(x, y) for x, y in zip(*runs)), layout
+
+
+def _filter(means, covs, rng_seed):
+    rng = np.random.default_rng(rng_seed)
+    out = []
+    for _ in range(5):
+        kalman.predict(means, covs)
+        out += [means.copy(), covs.copy()]
+        kalman.update(means, covs, means[:, :4] + rng.normal(0, 3, (len(means), 4)))
+        out += [means.copy(), covs.copy()]
+    return out
+
+
+def test_kalman_refuses_a_layout_it_cannot_read():
+    means, covs = kalman.initiate(np.ones((3, 4)))
+    with pytest.raises(ValueError, match="contiguous rows"):
+        native.kalman_predict(means, np.asfortranarray(covs), np.zeros((2, 8)))
+
+
+def test_the_tracker_gives_the_same_ids_and_boxes_with_and_without_the_c_paths(numpy_only):
+    """The benchmark's crowded scene (50 movers, clutter, drawn frames for the colour cue)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import bench_tracker
+    finally:
+        sys.path.pop(0)
+    frames = bench_tracker.scene(np.random.default_rng(0), 50, 150)
+    fast, ref = Tracker(TrackingConfig()), Tracker(TrackingConfig())
+    for i, (b, s, c, layout) in enumerate(frames):
+        image = bench_tracker.draw(layout)
+        a = fast.update(b, s, c, i / 30.0, image)
+        with numpy_only():
+            r = ref.update(b, s, c, i / 30.0, image)
+        assert np.array_equal(a.track_ids, r.track_ids), i
+        assert [(t.id, t.box) for t in a.tracks] == [(t.id, t.box) for t in r.tracks], i
+    assert same(fast._state, ref._state)
+    assert len(a.tracks) > 40
+
+
+def test_a_checkout_without_the_build_runs_the_numpy_paths(tmp_path):
+    """No compiler at install time: agent/native has no library, LIB is None, NMS and tracking run."""
+    shutil.copytree(os.path.join(ROOT, "agent"), str(tmp_path / "agent"),
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    code = ("import numpy as np; from agent import native; assert native.LIB is None; "
+            "from agent.postprocess import nms; "
+            "print(nms(np.array([[0, 0, 10, 10], [1, 1, 10, 10.]]), np.array([0.9, 0.8], np.float32), 0.5).tolist())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), stdout=subprocess.PIPE,
+                         universal_newlines=True, check=True).stdout
+    assert out.strip() == "[0]"
