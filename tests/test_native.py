@@ -16,6 +16,7 @@ from agent import native
 from agent.config import TrackingConfig
 from agent.track import appearance, kalman
 from agent.track.iou import pairs
+from agent.track import tracker as T
 from agent.track.tracker import Tracker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,6 +51,14 @@ def test_the_fast_paths_are_built_and_load():
     runs where it is built, so that every test below holds the C paths to their references."""
     assert native.LIB is not None, "agent/native is not built: pip install -e . (needs a C compiler)"
     assert os.path.basename(native._find()).startswith("_fastpath")
+
+
+def test_array_addresses_are_read_right():
+    """The data pointer is read from the array object (numpy's ABI); the same as numpy says, views too."""
+    assert native._DATA is not None
+    a = np.arange(40.0).reshape(5, 8)
+    for view in (a, a[2:], a[:, 3:], a[1:, 2:4], a[::-1], np.zeros(0)):
+        assert native._ptr(view) == view.ctypes.data
 
 
 def test_pairs_equal_numpy_with_and_without_buffers(numpy_only):
@@ -127,6 +136,54 @@ def _filter(means, covs, rng_seed):
         kalman.update(means, covs, means[:, :4] + rng.normal(0, 3, (len(means), 4)))
         out += [means.copy(), covs.copy()]
     return out
+
+
+def test_box_conversions_flags_and_pass_costs_equal_numpy(numpy_only):
+    rng = np.random.default_rng(5)
+    tracker, refound = Tracker(TrackingConfig()), 0
+    for case in range(60):
+        n, m = int(rng.integers(0, 30)), int(rng.integers(0, 30))
+        dets = boxes_of(rng, m, 200)
+        dets[:m // 4, 3] = dets[:m // 4, 1]  # no height: the 1e-3 floor
+        table = rng.uniform(0, 255, (n, 24))
+        table[:, 2:4] = rng.uniform(0.2, 3, (n, 2))  # aspect and height of a state row
+        # IoUs and scores on a grid that holds the thresholds themselves (0.3: the pass's; 0.05
+        # and 0.7: ISOLATED_IOU and DUPLICATE_IOU), so that > and >= are told apart.
+        levels = np.array([0.0, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0])
+        iou, sim, dd = rng.choice(levels, (n, m)), rng.uniform(0, 1, (n, m)), rng.choice(levels, (m, m))
+        scores = rng.choice(levels, m)
+        rows, cols = np.flatnonzero(rng.random(n) < 0.6), np.flatnonzero(rng.random(m) < 0.6)
+        colours = rng.uniform(0, 255, (m, 3))
+        pred = boxes_of(rng, n, 200)
+        if m:  # tracks near a detection of about their colour: some are re-found
+            near = rng.integers(0, m, n)
+            pred = dets[near] + rng.normal(0, 5, (n, 4))
+            table[:, 20:23] = colours[near] + rng.normal(0, 5, (n, 3))
+
+        def run():
+            out = [kalman.xyxy_to_xyah(dets), kalman.xyah_to_xyxy(table[:, :4])]
+            out += list(T._flags(dd, scores))
+            tracker.settings = TrackingConfig()
+            out += [_pass(tracker, iou, s, rows, cols) for s in (None, sim)]
+            tracker._state = table.copy()
+            det_of, used = np.full(n, -1, np.int64), np.zeros(m, bool)
+            tracker._refind(pred, dets, colours, rng_rows, rng_cols, det_of, used)
+            return out + [det_of, used]
+        rng_rows, rng_cols = rng.random(n) < 0.5, rng.random(m) < 0.5
+        fast = run()
+        with numpy_only():
+            ref = run()
+        assert all(same(x, y) for x, y in zip(fast, ref)), case
+        refound += int((fast[-2] >= 0).sum())
+    assert refound > 20  # the re-find pass took detections, not only refused them
+
+
+def _pass(tracker, iou, sim, rows, cols):
+    """The assignment one _match pass makes (det_of, used) for the masks rows, cols."""
+    n, m = iou.shape
+    det_of, used = np.full(n, -1, np.int64), np.zeros(m, bool)
+    tracker._match(iou, sim, np.isin(np.arange(n), rows), np.isin(np.arange(m), cols), 0.3, det_of, used)
+    return np.concatenate([det_of, used.astype(np.int64)])
 
 
 def test_kalman_refuses_a_layout_it_cannot_read():

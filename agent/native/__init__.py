@@ -46,6 +46,12 @@ def _load():
                        ("ea_kalman_predict", [_P, i64, _P, i64, i64, _P]),
                        ("ea_kalman_update", [_P, i64, _P, i64, i64, _P, _P]),
                        ("ea_distance", [_P, i64, _P, i64, ctypes.c_double, _P]),
+                       ("ea_xyxy_to_xyah", [_P, i64, _P]),
+                       ("ea_pass_cost", [_P, _P, i64, _P, i64, _P, i64, ctypes.c_double, _P]),
+                       ("ea_refind_cost", [_P, _P, i64, _P, _P, i64, _P, i64, _P] + [ctypes.c_double] * 3 + [_P]),
+                       ("ea_detection_flags", [_P, i64, _P, ctypes.c_double, ctypes.c_double, _P, _P]),
+                       ("ea_learn_colours", [_P, i64, i64, i64, _P, _P, _P, _P, ctypes.c_double, ctypes.c_double]),
+                       ("ea_xyah_to_xyxy", [_P, i64, i64, _P]),
                        ("ea_similarity", [_P, i64, i64, _P, _P, _P, _P, ctypes.c_double, ctypes.c_double,
                                           ctypes.c_double, _P])):
         getattr(lib, name).argtypes = args
@@ -56,8 +62,25 @@ def _load():
 LIB = _load()
 
 
+_AT = ctypes.c_void_p.from_address
+
+
+def _data_field():
+    """Where an ndarray keeps its data pointer: right after the object's header (ob_refcnt,
+    ob_type), as numpy's ABI lays out PyArrayObject. Checked on a probe array; None if not there."""
+    probe = np.arange(3.0)
+    offset = ctypes.sizeof(ctypes.c_ssize_t) + ctypes.sizeof(ctypes.c_void_p)
+    return offset if _AT(id(probe) + offset).value == probe.ctypes.data else None
+
+
+_DATA = _data_field()
+
+
 def _ptr(a):
-    return a.__array_interface__["data"][0]
+    """The address of ``a``'s first element. Read from the array object itself (0.08 us; the
+    tracker passes about 50 arrays a frame), or through ``a.ctypes`` (0.5 us) if numpy lays it out
+    otherwise."""
+    return _AT(id(a) + _DATA).value if _DATA is not None else a.ctypes.data
 
 
 def nms(boxes, order, cls, iou_threshold, limit):
@@ -153,4 +176,79 @@ def similarity(iou, track_colours, coloured, colours, clean, scale, weight, gate
     out = np.empty(iou.shape)
     LIB.ea_similarity(_ptr(iou), iou.shape[0], iou.shape[1], _ptr(track_colours), _ptr(coloured), _ptr(colours),
                       _ptr(clean), float(scale), float(weight), float(gate), _ptr(out))
+    return out
+
+
+def refind_cost(pred, rows, boxes, cols, track_colours, colours, scale, gate, reach):
+    """The cost matrix (len(rows) x len(cols)) of re-finding lost tracks ``rows`` by colour among the
+    detections ``cols``: the colour distance where within ``gate`` and ``reach``, else 2.
+    ``track_colours``: N x 3, rows may be strided (the tracker's table). Reference:
+    agent.track.tracker.Tracker._refind (the same bits)."""
+    pred = np.ascontiguousarray(pred, np.float64)
+    boxes = np.ascontiguousarray(boxes, np.float64)
+    colours = np.ascontiguousarray(colours, np.float64)
+    rows = np.ascontiguousarray(rows, np.int64)
+    cols = np.ascontiguousarray(cols, np.int64)
+    if track_colours.dtype != np.float64 or track_colours.strides[1] != 8:
+        track_colours = np.ascontiguousarray(track_colours, np.float64)
+    cost = np.empty((len(rows), len(cols)))
+    LIB.ea_refind_cost(_ptr(pred), _ptr(rows), len(rows), _ptr(boxes), _ptr(cols), len(cols), _ptr(track_colours),
+                       track_colours.strides[0] // 8, _ptr(colours), float(scale), float(gate), float(reach),
+                       _ptr(cost))
+    return cost
+
+
+def xyxy_to_xyah(boxes):
+    """agent.track.kalman.xyxy_to_xyah (the same bits): N x 4."""
+    boxes = np.ascontiguousarray(boxes, np.float64)
+    out = np.empty((len(boxes), 4))
+    LIB.ea_xyxy_to_xyah(_ptr(boxes), len(boxes), _ptr(out))
+    return out
+
+
+def xyah_to_xyxy(xyah):
+    """agent.track.kalman.xyah_to_xyxy (the same bits): N x 4; ``xyah`` may be a view of strided rows."""
+    if xyah.dtype != np.float64 or xyah.strides[1] != 8:
+        xyah = np.ascontiguousarray(xyah, np.float64)
+    out = np.empty((len(xyah), 4))
+    LIB.ea_xyah_to_xyxy(_ptr(xyah), len(xyah), xyah.strides[0] // 8, _ptr(out))
+    return out
+
+
+def detection_flags(dd, scores, duplicate_iou, isolated_iou):
+    """(duplicate, clean) bool per detection from their pairwise IoU ``dd`` (M x M). Reference:
+    agent.track.tracker._flags."""
+    dd = np.ascontiguousarray(dd, np.float64)
+    scores = np.ascontiguousarray(scores, np.float64)
+    m = len(scores)
+    duplicate, clean = np.empty(m, np.bool_), np.empty(m, np.bool_)
+    LIB.ea_detection_flags(_ptr(dd), m, _ptr(scores), float(duplicate_iou), float(isolated_iou), _ptr(duplicate),
+                           _ptr(clean))
+    return duplicate, clean
+
+
+def learn_colours(rows, colour, di, colours, scores, clean, high, momentum):
+    """agent.track.tracker.Tracker._learn in place on ``rows`` (its state rows, float64 C order; the
+    colour at column ``colour``, its flag next): the same bits."""
+    if rows.dtype != np.float64 or not rows.flags.c_contiguous:
+        raise ValueError("learn_colours: rows must be a C-ordered float64 table")
+    di = np.ascontiguousarray(di, np.int64)
+    colours = np.ascontiguousarray(colours, np.float64)
+    scores = np.ascontiguousarray(scores, np.float64)
+    clean = np.ascontiguousarray(clean, np.bool_)
+    LIB.ea_learn_colours(_ptr(rows), len(di), rows.shape[1], int(colour), _ptr(di), _ptr(colours), _ptr(scores),
+                         _ptr(clean), float(high), float(momentum))
+
+
+def pass_cost(iou, sim, rows, cols, min_iou):
+    """-(``sim``, or ``iou`` when None) for tracks ``rows`` x detections ``cols``, -0 where the IoU is
+    below ``min_iou``: one association pass's cost. Reference: agent.track.tracker.Tracker._match."""
+    iou = np.ascontiguousarray(iou, np.float64)
+    if sim is not None:
+        sim = np.ascontiguousarray(sim, np.float64)
+    rows = np.ascontiguousarray(rows, np.int64)
+    cols = np.ascontiguousarray(cols, np.int64)
+    out = np.empty((len(rows), len(cols)))
+    LIB.ea_pass_cost(_ptr(iou), None if sim is None else _ptr(sim), iou.shape[1], _ptr(rows), len(rows), _ptr(cols),
+                     len(cols), float(min_iou), _ptr(out))
     return out

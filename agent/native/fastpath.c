@@ -352,3 +352,110 @@ void ea_similarity(const double *iou, int64_t n, int64_t m, const double *track_
             out[i * m + j] = sim < -0.5 ? 0.0 : score;
         }
 }
+
+/* The cost of re-finding lost tracks by colour: for each track rows[r] (of pred, n x 4 xyxy,
+ * and of the colours at ``track_colours``, rows ``colour_step`` doubles apart) and detection
+ * cols[c] (of boxes, m x 4, and colours, m x 3), its colour distance where it is at most
+ * ``gate`` and the detection's centre is within ``reach`` x the track's longer side of the
+ * predicted centre, else 2; into cost (len(rows) x len(cols)).
+ * Reference: agent/track/tracker.py, Tracker._refind. */
+void ea_refind_cost(const double *pred, const int64_t *rows, int64_t nr, const double *boxes, const int64_t *cols,
+                       int64_t nc, const double *track_colours, int64_t colour_step, const double *colours,
+                       double scale, double gate, double reach, double *cost)
+{
+    for (int64_t r = 0; r < nr; r++) {
+        const double *p = pred + 4 * rows[r], *tc = track_colours + colour_step * rows[r];
+        double side = np_max(p[2] - p[0], p[3] - p[1]), limit = reach * side;
+        for (int64_t c = 0; c < nc; c++) {
+            const double *b = boxes + 4 * cols[c];
+            double dist = colour_distance(tc, colours + 3 * cols[c], scale);
+            double dx = (p[0] + p[2]) - (b[0] + b[2]), dy = (p[1] + p[3]) - (b[1] + b[3]);
+            int ok = dist <= gate && dx * dx + dy * dy <= limit * limit;
+            cost[r * nc + c] = ok ? dist : 2.0;
+        }
+    }
+}
+
+/* Boxes (n x 4 xyxy) to centre x, centre y, aspect (w / h), height (n x 4, the height at least
+ * 1e-3). Reference: agent/track/kalman.py, xyxy_to_xyah. */
+void ea_xyxy_to_xyah(const double *boxes, int64_t n, double *out)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const double *b = boxes + 4 * i;
+        double *o = out + 4 * i;
+        double w = b[2] - b[0], h = np_max(b[3] - b[1], 1e-3);
+        o[0] = b[0] + w / 2;
+        o[1] = b[1] + h / 2;
+        o[2] = w / h;
+        o[3] = h;
+    }
+}
+
+/* The inverse (rows of xyah ``step`` doubles apart) into out (n x 4). Reference:
+ * agent/track/kalman.py, xyah_to_xyxy. */
+void ea_xyah_to_xyxy(const double *xyah, int64_t n, int64_t step, double *out)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const double *s = xyah + step * i;
+        double *o = out + 4 * i;
+        double w = s[2] * s[3], h = s[3];
+        o[0] = s[0] - w / 2;
+        o[1] = s[1] - h / 2;
+        o[2] = o[0] + w;
+        o[3] = o[1] + h;
+    }
+}
+
+/* Per detection, from the IoU of every pair of detections (dd, m x m) and their scores: whether a
+ * more confident one overlaps it by more than ``duplicate_iou`` (duplicate), and whether it
+ * overlaps at most one box, itself, by more than ``isolated_iou`` (clean). Reference:
+ * agent/track/tracker.py, _flags. */
+void ea_detection_flags(const double *dd, int64_t m, const double *scores, double duplicate_iou, double isolated_iou,
+                        uint8_t *duplicate, uint8_t *clean)
+{
+    for (int64_t i = 0; i < m; i++) {
+        const double *row = dd + i * m;
+        int dup = 0;
+        int64_t over = 0;
+        for (int64_t j = 0; j < m; j++) {
+            dup |= row[j] > duplicate_iou && scores[j] > scores[i];
+            over += row[j] > isolated_iou;
+        }
+        duplicate[i] = (uint8_t)dup;
+        clean[i] = over <= 1;
+    }
+}
+
+/* Tracks matched to detections di (n of them; their state rows at ``rows``, ``step`` doubles
+ * apart: colour at ``colour``, has-a-colour flag at ``colour + 3``) learn the colours of the
+ * clean detections scored at least ``high``: a moving average with ``momentum``, or the colour
+ * itself for a track without one. Reference: agent/track/tracker.py, Tracker._learn. */
+void ea_learn_colours(double *rows, int64_t n, int64_t step, int64_t colour, const int64_t *di, const double *colours,
+                      const double *scores, const uint8_t *clean, double high, double momentum)
+{
+    for (int64_t k = 0; k < n; k++) {
+        int64_t d = di[k];
+        if (!(clean[d] && scores[d] >= high))
+            continue;
+        double *row = rows + k * step + colour;
+        double keep = row[3] == 0 ? 0.0 : momentum;
+        for (int c = 0; c < 3; c++)
+            row[c] = keep * row[c] + (1.0 - keep) * colours[3 * d + c];
+        row[3] = 1.0;
+    }
+}
+
+/* The cost matrix of one association pass, negated for a minimum-cost solver: for tracks rows
+ * (nr) and detections cols (nc) of the n x m matrices iou and sim (NULL: IoU alone), -sim (or
+ * -IoU) of each pair, -0 where the IoU is below ``min_iou`` (refused). Reference:
+ * agent/track/tracker.py, Tracker._match. */
+void ea_pass_cost(const double *iou, const double *sim, int64_t m, const int64_t *rows, int64_t nr,
+                  const int64_t *cols, int64_t nc, double min_iou, double *out)
+{
+    const double *score = sim ? sim : iou;
+    for (int64_t r = 0; r < nr; r++) {
+        const double *a = iou + rows[r] * m, *s = score + rows[r] * m;
+        for (int64_t c = 0; c < nc; c++)
+            out[r * nc + c] = -(a[cols[c]] < min_iou ? 0.0 : s[cols[c]]);
+    }
+}

@@ -39,7 +39,9 @@ def _variances(h, weights):
 
 
 def xyxy_to_xyah(boxes):
-    """N x 4 x1, y1, x2, y2 -> N x 4 centre x, centre y, aspect (w/h), height."""
+    """N x 4 x1, y1, x2, y2 -> N x 4 centre x, centre y, aspect (w/h), height (the C path where built)."""
+    if native.LIB is not None:
+        return native.xyxy_to_xyah(boxes)
     boxes = np.asarray(boxes, dtype=np.float64)
     out = np.empty_like(boxes)
     wh = boxes[:, 2:] - boxes[:, :2]
@@ -51,7 +53,9 @@ def xyxy_to_xyah(boxes):
 
 
 def xyah_to_xyxy(xyah):
-    """The inverse of ``xyxy_to_xyah`` (N x 4)."""
+    """The inverse of ``xyxy_to_xyah`` (N x 4; the C path where built)."""
+    if native.LIB is not None:
+        return native.xyah_to_xyxy(xyah)
     out = np.empty_like(xyah)
     wh = xyah[:, 2:].copy()
     wh[:, 0] *= wh[:, 1]  # w = a x h

@@ -73,12 +73,16 @@ _MEAN, _COV, _COLOUR, _COLOURED = slice(0, 8), slice(8, 20), slice(20, 23), 23
 _WIDTH = 24
 
 
-def _duplicates(iou, scores):
-    """Detections overlapping a more confident one by IoU > DUPLICATE_IOU (``iou``: detections x
-    detections; the detector's NMS is per class: one object seen as two classes is two
-    detections, and must not become two tracks)."""
+def _flags(dd, scores):
+    """(duplicate, clean) per detection, from ``dd`` (the IoU of every pair of detections): duplicate
+    when a more confident one overlaps it by IoU > DUPLICATE_IOU (the detector's NMS is per class:
+    one object seen as two classes is two detections, and must not become two tracks); clean when
+    it overlaps no other by more than ISOLATED_IOU (its colour is its own, not an occluder's).
+    Where agent/native is built, one C loop (the same values); the numpy below is its reference."""
+    if native.LIB is not None:
+        return native.detection_flags(dd, scores, DUPLICATE_IOU, ISOLATED_IOU)
     stronger = scores[None, :] > scores[:, None]  # [i, j]: j is more confident than i
-    return ((iou > DUPLICATE_IOU) & stronger).any(1)
+    return ((dd > DUPLICATE_IOU) & stronger).any(1), (dd > ISOLATED_IOU).sum(1) <= 1
 
 
 def _covariances(state):
@@ -174,26 +178,23 @@ class Tracker(object):
         eligible = scores >= s.new_track_threshold  # may start a track, or continue a tentative one
         measured = kalman.xyxy_to_xyah(boxes)  # what the filter corrects a track with, or starts one from
         det_of = np.full(n, -1, np.int64)
-        pred = sim = dd = clean = None
+        pred = sim = None
         colours = appearance.describe(image, boxes) if image is not None and s.appearance_weight > 0 else None
         state = self._state
         if n:
             kalman.predict(state[:, _MEAN], _covariances(state))
             pred = kalman.xyah_to_xyxy(state[:, :4])
         if not m:
-            used, dd = np.zeros(0, bool), np.zeros((0, 0))
+            used = clean = np.zeros(0, bool)
         elif not n:
-            dd = iou_matrix(boxes, boxes)
-            used = _duplicates(dd, scores)
+            used, clean = _flags(iou_matrix(boxes, boxes), scores)
         else:
             lost = np.array([t.lost for t in tracks], np.float64)
             buffer = np.minimum(lost * s.lost_buffer, MAX_BUFFER) if s.lost_buffer > 0 and lost.any() else None
             iou, dd = pairs(pred, boxes, buffer)  # tracks x detections, detections x detections
-            used = _duplicates(dd, scores)
-            if colours is not None:
-                clean = (dd > ISOLATED_IOU).sum(1) <= 1  # their colours are their own
-                if state[:, _COLOURED].any():
-                    sim = self._similarity(iou, colours, clean)
+            used, clean = _flags(dd, scores)
+            if colours is not None and state[:, _COLOURED].any():
+                sim = self._similarity(iou, colours, clean)
             high = scores >= s.high_threshold
             low = ~high & (scores >= s.low_threshold)
             confirmed = np.array([t.confirmed for t in tracks])
@@ -226,8 +227,6 @@ class Tracker(object):
                 ids.append(t.id)
             track_ids[di] = ids
         ended = self._age(det_of, pred)
-        if colours is not None and clean is None:
-            clean = (dd > ISOLATED_IOU).sum(1) <= 1
         self._start(boxes, measured, scores, class_ids, eligible & ~used, track_ids, timestamp, ended, colours, clean)
         coast = s.coast_frames
         return TrackUpdate(track_ids, [t for t in self.tracks if t.confirmed and t.lost <= coast], ended)
@@ -266,7 +265,11 @@ class Tracker(object):
     def _learn(self, rows, di, colours, scores, clean):
         """Tracks (``rows`` of the state, updated in place) matched to detections ``di`` take their colours
         into their moving averages: only from a confident detection that overlaps no other (an
-        occluder's colour must not leak in)."""
+        occluder's colour must not leak in). Where agent/native is built, one C loop (the same bits)."""
+        if native.LIB is not None:
+            native.learn_colours(rows, _COLOUR.start, di, colours, scores, clean, self.settings.high_threshold,
+                                 COLOUR_MOMENTUM)
+            return
         ok = clean[di] & (scores[di] >= self.settings.high_threshold)
         learn, di = rows[ok], di[ok]
         keep = np.where(learn[:, _COLOURED] == 0, 0.0, COLOUR_MOMENTUM)[:, None]
@@ -281,15 +284,19 @@ class Tracker(object):
         rows, cols = np.flatnonzero(rows), np.flatnonzero(cols)
         if not len(rows) or not len(cols):
             return
-        dist = appearance.distance(self._state[rows, _COLOUR], colours[cols])
-        p, b = pred[rows], boxes[cols]
-        dx = (p[:, 0:1] + p[:, 2:3]) - (b[:, 0] + b[:, 2])
-        dy = (p[:, 1:2] + p[:, 3:4]) - (b[:, 1] + b[:, 3])
-        reach = REFIND_RADIUS * 2 * np.maximum(p[:, 2:3] - p[:, 0:1], p[:, 3:4] - p[:, 1:2])
-        ok = (dist <= REFIND_GATE) & (dx * dx + dy * dy <= reach * reach)
+        if native.LIB is not None:  # one C loop (the same bits); the numpy below is its reference
+            cost = native.refind_cost(pred, rows, boxes, cols, self._state[:, _COLOUR], colours, appearance.SCALE,
+                                      REFIND_GATE, REFIND_RADIUS * 2)
+        else:
+            dist = appearance.distance(self._state[rows, _COLOUR], colours[cols])
+            p, b = pred[rows], boxes[cols]
+            dx = (p[:, 0:1] + p[:, 2:3]) - (b[:, 0] + b[:, 2])
+            dy = (p[:, 1:2] + p[:, 3:4]) - (b[:, 1] + b[:, 3])
+            reach = REFIND_RADIUS * 2 * np.maximum(p[:, 2:3] - p[:, 0:1], p[:, 3:4] - p[:, 1:2])
+            cost = np.where((dist <= REFIND_GATE) & (dx * dx + dy * dy <= reach * reach), dist, 2.0)
+        ok = cost <= REFIND_GATE
         if not ok.any():
             return
-        cost = np.where(ok, dist, 2.0)
         r, c = self._assign(cost)
         good = ok[r, c]
         det_of[rows[r[good]]] = cols[c[good]]
@@ -301,15 +308,19 @@ class Tracker(object):
         rows, cols = rows.nonzero()[0], cols.nonzero()[0]
         if not len(rows) or not len(cols):
             return
-        sub = iou.take(rows, 0).take(cols, 1)
-        if sim is None:
-            sub[sub < min_iou] = 0.0  # a refused pair must not pull the optimum away from good ones
+        if native.LIB is not None:  # one C loop (the same bits); the numpy below is its reference
+            cost = native.pass_cost(iou, sim, rows, cols, min_iou)
         else:
-            refused = sub < min_iou
-            sub = sim.take(rows, 0).take(cols, 1)
-            sub[refused] = 0.0
-        r, c = self._assign(-sub)  # a minimum cost; ``maximize=`` is newer than JetPack 4's scipy 0.19
-        ok = sub[r, c] > 0.0
+            sub = iou.take(rows, 0).take(cols, 1)
+            if sim is None:
+                sub[sub < min_iou] = 0.0  # a refused pair must not pull the optimum away from good ones
+            else:
+                refused = sub < min_iou
+                sub = sim.take(rows, 0).take(cols, 1)
+                sub[refused] = 0.0
+            cost = -sub
+        r, c = self._assign(cost)  # a minimum cost; ``maximize=`` is newer than JetPack 4's scipy 0.19
+        ok = cost[r, c] < 0.0
         c = cols[c[ok]]
         det_of[rows[r[ok]]] = c
         used[c] = True
