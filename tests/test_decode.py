@@ -186,17 +186,25 @@ def test_real_onnx_model_through_onnxruntime(tmp_path):
 
 @pytest.mark.parametrize("conf", [0.001, 0.25, 0.999])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_yolov8_fast_path_equals_the_reference(conf, dtype):
-    """Both class searches (few candidates: their columns; many: the first row equal to the
-    max) keep exactly what the plain numpy decode keeps, ties between classes included."""
+@pytest.mark.parametrize("c_path", [True, False])
+def test_yolov8_fast_path_equals_the_reference(conf, dtype, c_path, monkeypatch):
+    """Every class search (few candidates: their columns; many: agent/native's pass along the
+    rows, or without it the first row equal to the max) keeps exactly what the plain numpy
+    decode keeps, ties between classes and NaN scores included."""
+    from agent import native
     from agent.postprocess.decode import decode_v8_reference
 
+    if c_path:
+        assert native.LIB is not None, "agent/native is not built"
+    else:
+        monkeypatch.setattr(native, "LIB", None)
     rng = np.random.default_rng(int(conf * 1000))
     n, nc = 8400, 80
     out = np.empty((1, 4 + nc, n), dtype)
     out[0, :4] = rng.uniform(0, 640, (4, n))
     scores = rng.uniform(0, 1, (nc, n)) ** 8  # mostly small, a few hot
     scores[:, ::97] = scores[0, ::97]  # every class tied on some anchors: the lowest id wins
+    scores[rng.integers(0, nc, 50), rng.integers(0, n, 50)] = np.nan  # a NaN anchor is never kept
     out[0, 4:] = scores
     dec = make_decoder([TensorSpec("output0", [1, 4 + nc, n], "float32")])
     for top_k in (None, 300):

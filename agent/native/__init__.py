@@ -46,6 +46,7 @@ def _load():
                        ("ea_kalman_predict", [_P, i64, _P, i64, i64, _P]),
                        ("ea_kalman_update", [_P, i64, _P, i64, i64, _P, _P]),
                        ("ea_distance", [_P, i64, _P, i64, ctypes.c_double, _P]),
+                       ("ea_best_class", [_P, i64, i64, i64, _P, _P]),
                        ("ea_xyxy_to_xyah", [_P, i64, _P]),
                        ("ea_pass_cost", [_P, _P, i64, _P, i64, _P, i64, ctypes.c_double, _P]),
                        ("ea_refind_cost", [_P, _P, i64, _P, _P, i64, _P, i64, _P] + [ctypes.c_double] * 3 + [_P]),
@@ -101,6 +102,18 @@ def nms(boxes, order, cls, iou_threshold, limit):
     if k < 0:
         raise MemoryError("nms: the native path could not allocate its grid for {} boxes".format(n))
     return keep[:k]
+
+
+def best_class(scores):
+    """(best score float32, first class with it int32) per column of ``scores`` (nc x n float32, rows
+    contiguous), as ``scores.max(0)`` and ``scores.argmax(0)`` (a NaN column's best is NaN), or
+    None for other arrays. Reference: agent.postprocess.decode.decode_v8_reference."""
+    if scores.dtype != np.float32 or scores.ndim != 2 or scores.strides[1] != 4 or not scores.shape[0]:
+        return None
+    n = scores.shape[1]
+    best, cls = np.empty(n, np.float32), np.empty(n, np.int32)
+    LIB.ea_best_class(_ptr(scores), scores.shape[0], n, scores.strides[0] // 4, _ptr(best), _ptr(cls))
+    return best, cls
 
 
 def iou(a, b, buffer=None):

@@ -175,6 +175,31 @@ fail:
     return -1;
 }
 
+/* ---- decode (reference: agent/postprocess/decode.py, decode_v8_reference) -------------- */
+
+/* Per anchor (column) of the nc x n float32 class scores (rows ``step`` floats apart), its
+ * best score and the first class that has it, as numpy's max and argmax along the rows give
+ * them: a NaN in a column makes its best NaN. Rows outer, anchors inner: every pass runs
+ * along a contiguous row, which numpy's argmax across rows cannot (it transposes a copy). */
+void ea_best_class(const float *restrict scores, int64_t nc, int64_t n, int64_t step, float *restrict best,
+                   int32_t *restrict cls)
+{
+    for (int64_t a = 0; a < n; a++) {
+        best[a] = scores[a];
+        cls[a] = 0;
+    }
+    for (int64_t c = 1; c < nc; c++) {
+        const float *row = scores + c * step;
+        int32_t cc = (int32_t)c;
+        for (int64_t a = 0; a < n; a++) { /* every load first, then selects: the compiler vectorizes it */
+            float v = row[a], b = best[a];
+            int32_t k = cls[a];
+            best[a] = (v > b || v != v) ? v : b;
+            cls[a] = v > b ? cc : k;
+        }
+    }
+}
+
 /* ---- the tracker's per-frame arithmetic (agent/track) ----------------------------------
  * Each function does, operation for operation, what its numpy reference does, so that the
  * two give the same bits: numpy's minimum and maximum (NaN propagates; on a tie the first

@@ -26,6 +26,7 @@ import logging
 
 import numpy as np
 
+from .. import native
 from ..errors import ModelError
 
 log = logging.getLogger("edge_agent.postprocess")
@@ -148,8 +149,9 @@ class AnchorDecoder(Decoder):
         The reference is one line, ``cls = out[4:].T.argmax(1); score = out[4:].T.max(1)``;
         numpy runs an argmax across rows by transposing a copy of the whole array, so the
         class is found from the max instead: for a few candidates over their columns only,
-        for many (conf 0.001, the mAP setting) as the first row equal to the max, on
-        bytes (tests/test_decode.py compares both with the reference).
+        for many (conf 0.001, the mAP setting) by agent/native's pass along the rows where
+        built, else as the first row equal to the max, on bytes (tests/test_decode.py
+        compares them with the reference).
         """
         scores = out[4:]
         if classes is not None:
@@ -165,7 +167,8 @@ class AnchorDecoder(Decoder):
         if len(cand) * 8 < scores.shape[1]:
             cls = scores[:, cand].argmax(axis=0)
         else:
-            cls = (scores == best).argmax(axis=0)[cand]
+            found = native.best_class(scores) if native.LIB is not None else None  # one C pass along the rows
+            cls = (found[1] if found is not None else (scores == best).argmax(axis=0))[cand]
         return self._select(out.T, cand, best[cand].astype(np.float32), cls, conf, top_k, classes)
 
     @staticmethod
