@@ -16,6 +16,7 @@ For each model, all in one process, one after the other:
 - **latency**: the Pipeline on the same video paced at 30 fps: p50 capture-to-sink
   against the best bare ``session.run`` p50, back to back and called at 30 fps (the
   runtime idle between frames, as under a camera); with tracking on (the default) and off;
+  in ``--latency-rounds`` rounds of all four, the differences taken within each round;
 - ``--scaling``: pipeline FPS and CPU time per frame with 1, 2 and 4 cameras, at 720p
   and 1080p, with 10 and 300 objects in the scene (videos rendered by
   scripts/make_video.py into a temp dir), each as a ratio to the bare model.
@@ -86,14 +87,15 @@ def bare(model, blob, seconds):
 
 def bare_paced(model, blob, setting, fps=30.0, frames=90):
     """p50 ms of session.run under ``setting`` (a bare_settings() label) called at ``fps``, as a
-    bare loop on a camera runs it: the runtime idles between frames."""
+    bare loop on a camera runs it: the runtime idles between frames (``fps`` None: back to back)."""
     threads, spinning = next((t, s) for label, t, s in bare_settings() if label == setting)
     session = bare_session(model, threads, spinning)
     name = session.get_inputs()[0].name
     times, due = [], time.perf_counter()
     for _ in range(frames + 5):
-        due += 1.0 / fps
-        time.sleep(max(0.0, due - time.perf_counter()))
+        if fps:
+            due += 1.0 / fps
+            time.sleep(max(0.0, due - time.perf_counter()))
         t = time.perf_counter()
         session.run(None, {name: blob})
         times.append(time.perf_counter() - t)
@@ -157,10 +159,15 @@ def one_model(model, video, args):
     one = [r for r in runs if r[0].startswith("1 thread,")]
     b = bound(model, video, 60, min(r[3] for r in one))
     fps, cpu, _ = agent(model, [video], args.frames)
-    _, _, totals = agent(model, [video], max(90, args.frames // 3), fps=30.0)
-    lat = statistics.median(totals)
-    _, _, untracked = agent(model, [video], max(90, args.frames // 3), fps=30.0, tracking=False)
-    paced = bare_paced(model, blob, best[0])
+    # Latency in rounds, each the agent (tracking on, then off) and the bare loop (at 30 fps, then
+    # back to back) one after the other: this box's speed drifts within a minute, so each round's
+    # differences are taken within it, and the medians over the rounds reported.
+    rounds = []
+    for _ in range(args.latency_rounds):
+        _, _, totals = agent(model, [video], max(90, args.frames // 3), fps=30.0)
+        _, _, untracked = agent(model, [video], max(90, args.frames // 3), fps=30.0, tracking=False)
+        rounds.append((statistics.median(totals), float(np.percentile(totals, 95)), statistics.median(untracked),
+                       bare_paced(model, blob, best[0]), bare_paced(model, blob, best[0], fps=None)))
     print("\n## {} (input {}x{}), {} cores, 1280x720 demo video".format(name, blob.shape[3], blob.shape[2], CORES))
     print("| bare session.run | FPS | p50 ms | CPU ms/frame |\n|---|---|---|---|")
     for label, f, p50, c in runs:
@@ -170,12 +177,15 @@ def one_model(model, video, args):
                                                     b["postprocess"], b["fps"], b["fps"] / best[1]))
     print("agent (defaults, unpaced): {:.1f} FPS = **{:.2f}x** best bare ({}), {:.0f}% of the bound; "
           "{:.2f} CPU ms/frame".format(fps, fps / best[1], best[0], 100 * fps / b["fps"], cpu))
-    print("latency at 30 fps: p50 capture->sink {:.2f} ms (p95 {:.2f}); best bare session.run p50 {:.2f} ms "
-          "back to back ({:+.2f} ms), {:.2f} ms called at 30 fps ({:+.2f} ms)".format(
-              lat, float(np.percentile(totals, 95)), best[2], lat - best[2], paced, lat - paced))
-    lat = statistics.median(untracked)
+    med = [statistics.median(r[k] for r in rounds) for k in range(5)]
+    d = [statistics.median(r[a] - r[b] for r in rounds) for a, b in ((0, 4), (0, 3), (2, 4), (2, 3))]
+    print("latency at 30 fps, medians of {} rounds: p50 capture->sink {:.2f} ms (p95 {:.2f}); best bare "
+          "session.run p50 {:.2f} ms back to back (**{:+.2f} ms**), {:.2f} ms called at 30 fps (**{:+.2f} ms**)".format(
+              len(rounds), med[0], med[1], med[4], d[0], med[3], d[1]))
     print("  the same with tracking off: p50 {:.2f} ms ({:+.2f} ms back to back, {:+.2f} ms at 30 fps)".format(
-        lat, lat - best[2], lat - paced))
+        med[2], d[2], d[3]))
+    print("  rounds (agent on / off, bare at 30 fps / back to back, p50 ms): " + "; ".join(
+        "{:.2f} / {:.2f}, {:.2f} / {:.2f}".format(r[0], r[2], r[3], r[4]) for r in rounds))
     return best
 
 
@@ -214,6 +224,7 @@ def main():
     parser.add_argument("--frames", type=int, default=400, help="timed frames per agent run")
     parser.add_argument("--bare-seconds", type=float, default=4.0, help="seconds per bare setting")
     parser.add_argument("--scaling", action="store_true", help="also the cameras/resolution/objects table")
+    parser.add_argument("--latency-rounds", type=int, default=3, help="rounds of the latency comparison")
     args = parser.parse_args()
     if not os.path.isfile(args.video):
         sys.exit("{} is missing: run scripts/setup.sh".format(args.video))

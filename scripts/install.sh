@@ -67,6 +67,11 @@ else
 fi
 
 touch "$VENV/.edge-agent-venv"  # ours: `edge-agent uninstall-service --purge` removes it
+# (from /: the installed package, not this checkout's agent/)
+if ! (cd / && "$VENV/bin/python" -c 'import sys; from agent import native; sys.exit(native.LIB is None)'); then
+    echo "install.sh: the C fast paths (agent/native) were not built (no C compiler?): NMS and tracking" \
+         "run their numpy paths, slower; apt-get install gcc and run this again to build them"
+fi
 
 # The embedded defaults run the demo video: generate it (from a seed, ~8 s) where the
 # installed package looks for bundled data, $VENV/share/edge-agent (20 MB we keep out of git).

@@ -4,6 +4,7 @@
 #     (and for `test`, rabbitmq-server: the tests' 3-node MQTT cluster)
 #   - a project venv, .venv, made from $PYTHON (default python3: the distribution's on a stock
 #     Debian/Ubuntu, where PEP 668 forbids pip outside a venv), remade when $PYTHON changes
+#   - gcc where no C compiler is (it builds the agent's C fast paths, agent/native)
 #   - the agent in it, editable, with the CPU extras (ONNX Runtime, pip OpenCV) and test tools
 #   - the demo video, generated from a seed (the demo models are committed)
 # Prints nothing on stdout but the venv's python (for the callers: PY=$(scripts/setup.sh)).
@@ -26,6 +27,13 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   apt_install mosquitto mosquitto-clients
 fi
 export PATH="$PATH:/usr/sbin"
+# A C compiler builds the agent's CPU fast paths (agent/native: NMS, tracking) at pip install;
+# without one the install goes on and the numpy paths run, but the tests hold the C paths to
+# their references, so `test` needs it (a stock Debian has none).
+if ! command -v cc >/dev/null 2>&1; then
+  echo "setup: installing gcc (apt-get; builds agent/native, the C fast paths)"
+  apt_install gcc libc6-dev
+fi
 
 base=$("$BASE" -c 'import os, sys; print(os.path.realpath(sys.executable))')
 if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.base 2>/dev/null)" != "$base" ]; then

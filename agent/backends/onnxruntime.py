@@ -120,27 +120,47 @@ class OnnxRuntimeBackend(Backend):
 
 
 class _Pick(object):
-    """Which session runs a frame alone: the one whose recent lone runs (median of the last
-    SAMPLES) were faster; each is tried SAMPLES times first (alternately, so a slow first run
-    does not decide), then every EXPLORE-th lone frame goes to the other, so a change in
-    load (another process taking a core away from the spinning wide session) is noticed."""
+    """Which session runs a frame alone: the wide one (ONNX Runtime's defaults, what a bare
+    loop would run) unless the narrow one's recent lone runs (median of the last SAMPLES)
+    were faster by MARGIN, and back once the wide one is. Each is tried for SAMPLES frames in
+    a row first, then every EXPLORE-th lone frame starts SAMPLES in a row on the other, so a
+    change in load (another process taking a core away from the spinning wide session: twice
+    as slow) is noticed. In a row, because a session left idle for a while runs its first
+    frame slowly (its threads and caches cold: 5-9 ms against 3 for the demo model's wide
+    session on the 2-core box), and the median of a run outvotes it. The margin, because the
+    wide session's lone runs come in slower spells on a shared box (a median of 5 then reads
+    a third more): without it one spell moved frames to the narrow session for 50 frames."""
 
     EXPLORE = 50
     SAMPLES = 5
+    MARGIN = 0.8  # the other session's median must be below this times the chosen one's
 
     def __init__(self, wide, narrow):
         self.sessions = [wide] if narrow is wide else [wide, narrow]
         self.recent = [collections.deque(maxlen=self.SAMPLES) for _ in self.sessions]
         self.count = 0
+        self.chosen = 0  # the wide one
+        self.trying, self.left = 0, 0  # the session being tried, and for how many more frames
 
     def session(self):
+        if len(self.sessions) == 1:
+            return self.sessions[0]
+        if self.left:
+            self.left -= 1
+            return self.sessions[self.trying]
         self.count += 1
         sizes = [len(r) for r in self.recent]
         if min(sizes) < self.SAMPLES:
-            return self.sessions[sizes.index(min(sizes))]
+            return self._try(sizes.index(min(sizes)))
         medians = [sorted(r)[self.SAMPLES // 2] for r in self.recent]
-        best = medians.index(min(medians))
-        return self.sessions[1 - best if self.count % self.EXPLORE == 0 else best]
+        other = 1 - self.chosen
+        if medians[other] < self.MARGIN * medians[self.chosen]:
+            self.chosen = other
+        return self._try(1 - self.chosen) if self.count % self.EXPLORE == 0 else self.sessions[self.chosen]
+
+    def _try(self, index):
+        self.trying, self.left = index, self.SAMPLES - 1
+        return self.sessions[index]
 
     def took(self, session, seconds):
         self.recent[self.sessions.index(session)].append(seconds)
