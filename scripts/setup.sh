@@ -67,6 +67,11 @@ if [ "$what" = test ]; then
     apt_install rabbitmq-server
     $SUDO systemctl disable --now rabbitmq-server >/dev/null 2>&1 || true
   fi
+  # An aarch64 cross compiler and qemu: the tests run agent/native's C built for the Jetson's CPU.
+  if ! command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || ! command -v qemu-aarch64 >/dev/null 2>&1; then
+    echo "setup: installing gcc-aarch64-linux-gnu and qemu-user (apt-get; the C fast paths on aarch64)"
+    apt_install gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
+  fi
   $PY -m pip install -q --disable-pip-version-check --no-deps tensorrt-stubs
   $PY -c "import torch" 2>/dev/null || $PY -m pip install -q --disable-pip-version-check "torch==2.13.0"
 fi

@@ -222,3 +222,29 @@ def test_a_checkout_without_the_build_runs_the_numpy_paths(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), stdout=subprocess.PIPE,
                          universal_newlines=True, check=True).stdout
     assert out.strip() == "[0]"
+
+
+def _harness(compiler, out, flags=("-ffp-contract=off",), static=False):
+    """Build tests/native_harness.c with agent/native/fastpath.c; returns the binary's path."""
+    cmd = [compiler, "-std=c99", "-O3"] + list(flags) + (["-static"] if static else []) + [
+        os.path.join(ROOT, "tests", "native_harness.c"), os.path.join(ROOT, "agent", "native", "fastpath.c"),
+        "-lm", "-o", str(out)]
+    subprocess.run(cmd, check=True)
+    return str(out)
+
+
+def test_the_c_gives_the_same_bits_on_aarch64(tmp_path):
+    """The Jetson's CPU is aarch64, where compilers fuse a * b + c into one rounding unless told
+    not to (setup.py's -ffp-contract=off): the C fast paths built for aarch64 and run under
+    qemu give the same bits as here, function by function; built with contraction allowed,
+    they would not (the harness can tell)."""
+    cross, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
+    assert cross and qemu, "scripts/setup.sh test installs gcc-aarch64-linux-gnu and qemu-user"
+    here = subprocess.run([_harness("cc", tmp_path / "here")], stdout=subprocess.PIPE, universal_newlines=True,
+                          check=True).stdout
+    arm = subprocess.run([qemu, _harness(cross, tmp_path / "arm", static=True)], stdout=subprocess.PIPE,
+                         universal_newlines=True, check=True).stdout
+    assert len(here.splitlines()) == 13 and here == arm, (here, arm)
+    fused = subprocess.run([qemu, _harness(cross, tmp_path / "fused", ("-ffp-contract=fast",), static=True)],
+                           stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
+    assert fused != here
