@@ -3,6 +3,7 @@
     python benchmarks/bench_tracker.py                 # 50 objects, 2000 frames
     python benchmarks/bench_tracker.py --objects 200
     python benchmarks/bench_tracker.py --no-images     # motion alone (no appearance cue)
+    python benchmarks/bench_tracker.py --no-native     # the numpy paths (agent/native not built)
     python benchmarks/bench_tracker.py --against REV   # this tree's tracker against git revision REV's
                                                        # (both with this tree's tracking settings)
 
@@ -31,6 +32,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from agent import native  # noqa: E402
 from agent.config import TrackingConfig  # noqa: E402
 from agent.track.tracker import Tracker  # noqa: E402
 
@@ -127,7 +129,10 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-images", action="store_true", help="no frames: the tracker without its appearance cue")
     ap.add_argument("--against", metavar="REV", help="alternate with git revision REV's tracker: CPU ratio, same ids")
+    ap.add_argument("--no-native", action="store_true", help="the numpy paths only (no agent/native: no C compiler)")
     args = ap.parse_args(argv)
+    if args.no_native:
+        native.LIB = None
     frames = scene(np.random.default_rng(args.seed), args.objects, args.frames + args.warmup)
     if args.against:
         return against(args.against, args, frames)
@@ -146,9 +151,11 @@ def main(argv=None):
     result = {"objects": args.objects, "frames": len(t), "p50_ms": round(float(np.percentile(t, 50)), 4),
               "p95_ms": round(float(np.percentile(t, 95)), 4), "mean_ms": round(float(t.mean()), 4),
               "cpu_mean_ms": round(float(np.mean(cpu)), 4), "load_average_1m": round(os.getloadavg()[0], 2),
-              "tracks_in_view_mean": round(float(np.mean(in_view)), 1), "images": not args.no_images, "table_size": len(tracker.tracks)}
+              "tracks_in_view_mean": round(float(np.mean(in_view)), 1), "images": not args.no_images,
+              "table_size": len(tracker.tracks), "native": native.LIB is not None}
     print("tracking {objects} objects: p50 {p50_ms:.3f} ms  p95 {p95_ms:.3f} ms  mean {mean_ms:.3f} ms per frame, "
-          "CPU {cpu_mean_ms:.3f} ms ({tracks_in_view_mean} tracks in view; load average {load_average_1m})".format(**result))
+          "CPU {cpu_mean_ms:.3f} ms ({tracks_in_view_mean} tracks in view; C paths {native}; load average "
+          "{load_average_1m})".format(**result))
     print(json.dumps(result, sort_keys=True))
     return result
 

@@ -13,7 +13,8 @@ from agent.errors import ConfigError
 from agent.publish import schema as payloads
 from agent.track import kalman
 from agent.track.events import CameraEvents
-from agent.track.tracker import Tracker, buffered_iou, iou_matrix
+from agent.track.iou import buffered_iou, iou_matrix
+from agent.track.tracker import Tracker
 from agent.track.zones import Zones, polygon_problem
 from conftest import ROOT, run_cli
 

@@ -78,27 +78,30 @@ _DATA = _data_field()
 
 
 def _ptr(a):
-    """The address of ``a``'s first element. Read from the array object itself (0.08 us; the
-    tracker passes about 50 arrays a frame), or through ``a.ctypes`` (0.5 us) if numpy lays it out
-    otherwise."""
+    """The address of ``a``'s first element (None for None). Read from the array object itself
+    (0.08 us; the tracker passes about 50 arrays a frame), or through ``a.ctypes`` (0.5 us) if
+    numpy lays it out otherwise. The caller keeps ``a`` alive for the call."""
+    if a is None:
+        return None
     return _AT(id(a) + _DATA).value if _DATA is not None else a.ctypes.data
+
+
+def _c(dtype, *arrays):
+    """Each array C-ordered with ``dtype`` (itself where it already is; None stays None)."""
+    return [None if a is None else np.ascontiguousarray(a, dtype) for a in arrays]
 
 
 def nms(boxes, order, cls, iou_threshold, limit):
     """Greedy NMS (reference: ``agent.postprocess.nms_reference``): kept indices (int64), best first.
 
-    ``boxes``: N x 4 float64 x1 y1 x2 y2; ``order``: the visiting order (best first, int64);
-    ``cls``: int64 class per box, or None (class-agnostic); at most ``limit`` kept.
-    Raises MemoryError when the C side could not allocate.
+    ``boxes``: N x 4 x1 y1 x2 y2; ``order``: the visiting order (best first); ``cls``: the class
+    of each box, or None (class-agnostic); at most ``limit`` kept. Raises MemoryError when the C
+    side could not allocate.
     """
-    boxes = np.ascontiguousarray(boxes, np.float64)
-    order = np.ascontiguousarray(order, np.int64)
-    if cls is not None:
-        cls = np.ascontiguousarray(cls, np.int64)
+    (boxes,), (order, cls) = _c(np.float64, boxes), _c(np.int64, order, cls)
     n = len(order)
     keep = np.empty(max(min(n, int(limit)), 1), np.int64)
-    k = LIB.ea_nms(_ptr(boxes), _ptr(order), None if cls is None else _ptr(cls), n,
-                   float(iou_threshold), int(limit), _ptr(keep))
+    k = LIB.ea_nms(_ptr(boxes), _ptr(order), _ptr(cls), n, float(iou_threshold), int(limit), _ptr(keep))
     if k < 0:
         raise MemoryError("nms: the native path could not allocate its grid for {} boxes".format(n))
     return keep[:k]
@@ -120,20 +123,16 @@ def iou(a, b, buffer=None):
     """IoU of every box of ``a`` (N x 4 xyxy) with every box of ``b`` (M x 4): N x M; with
     ``buffer`` (N), row i's pairs grown by buffer[i] first (C-BIoU). Reference: agent.track.iou,
     ``iou_matrix`` and ``buffered_iou`` (the same bits)."""
-    a = np.ascontiguousarray(a, np.float64)
-    bt = np.ascontiguousarray(np.asarray(b, np.float64).T)  # coordinates first: the C loop vectorizes
-    out = np.empty((len(a), len(bt[0])))
-    if buffer is not None:
-        buffer = np.ascontiguousarray(buffer, np.float64)
-    LIB.ea_iou(_ptr(a), len(a), _ptr(bt), out.shape[1], None if buffer is None else _ptr(buffer), _ptr(out))
+    a, bt, buffer = _c(np.float64, a, np.asarray(b, np.float64).T, buffer)  # b coordinates first: the loop vectorizes
+    out = np.empty((len(a), bt.shape[1]))
+    LIB.ea_iou(_ptr(a), len(a), _ptr(bt), out.shape[1], _ptr(buffer), _ptr(out))
     return out
 
 
 def colours(image, boxes, offsets):
-    """Median colour of the pixel grid ``offsets`` mid-box, per box (M x 3 float64) of a uint8 image.
-    Reference: agent.track.appearance.describe (the same values)."""
-    boxes = np.ascontiguousarray(boxes, np.float64)
-    offsets = np.ascontiguousarray(offsets, np.float64)
+    """Median colour of the pixel grid ``offsets`` mid-box, per box (M x 3 float64) of a uint8 image
+    (any strides). Reference: agent.track.appearance.describe (the same values)."""
+    boxes, offsets = _c(np.float64, boxes, offsets)
     out = np.empty((len(boxes), 3))
     h, w = image.shape[:2]
     channels, step = (image.shape[2], image.strides[2]) if image.ndim == 3 else (1, 0)
@@ -154,7 +153,7 @@ def _rows(means, covs):
 def kalman_predict(means, covs, noise):
     """agent.track.kalman.predict in place (the same bits); ``noise``: its process weights (2 x 8)."""
     if len(means):
-        noise = np.ascontiguousarray(noise, np.float64)
+        (noise,) = _c(np.float64, noise)
         LIB.ea_kalman_predict(*_rows(means, covs), len(means), _ptr(noise))
     return means, covs
 
@@ -162,17 +161,32 @@ def kalman_predict(means, covs, noise):
 def kalman_update(means, covs, xyah, noise):
     """agent.track.kalman.update in place (the same bits); ``noise``: its measurement weights (2 x 4)."""
     if len(means):
-        xyah = np.ascontiguousarray(xyah, np.float64)
-        noise = np.ascontiguousarray(noise, np.float64)
+        xyah, noise = _c(np.float64, xyah, noise)
         LIB.ea_kalman_update(*_rows(means, covs), len(means), _ptr(xyah), _ptr(noise))
     return means, covs
+
+
+def xyxy_to_xyah(boxes):
+    """agent.track.kalman.xyxy_to_xyah (the same bits): N x 4."""
+    (boxes,) = _c(np.float64, boxes)
+    out = np.empty((len(boxes), 4))
+    LIB.ea_xyxy_to_xyah(_ptr(boxes), len(boxes), _ptr(out))
+    return out
+
+
+def xyah_to_xyxy(xyah):
+    """agent.track.kalman.xyah_to_xyxy (the same bits): N x 4; ``xyah`` may be a view of strided rows."""
+    if xyah.dtype != np.float64 or xyah.strides[1] != 8:
+        (xyah,) = _c(np.float64, xyah)
+    out = np.empty((len(xyah), 4))
+    LIB.ea_xyah_to_xyxy(_ptr(xyah), len(xyah), xyah.strides[0] // 8, _ptr(out))
+    return out
 
 
 def distance(a, b, scale):
     """Colour distance of every row of ``a`` (N x 3) to every row of ``b`` (M x 3), times ``scale``: N x M.
     Reference: agent.track.appearance.distance (the same bits)."""
-    a = np.ascontiguousarray(a, np.float64)
-    b = np.ascontiguousarray(b, np.float64)
+    a, b = _c(np.float64, a, b)
     out = np.empty((len(a), len(b)))
     LIB.ea_distance(_ptr(a), len(a), _ptr(b), len(b), float(scale), _ptr(out))
     return out
@@ -181,11 +195,8 @@ def distance(a, b, scale):
 def similarity(iou, track_colours, coloured, colours, clean, scale, weight, gate):
     """The tracker's fused score of every track and detection pair (N x M). Reference:
     agent.track.tracker.Tracker._similarity (the same bits)."""
-    iou = np.ascontiguousarray(iou, np.float64)
-    track_colours = np.ascontiguousarray(track_colours, np.float64)
-    coloured = np.ascontiguousarray(coloured, np.float64)
-    colours = np.ascontiguousarray(colours, np.float64)
-    clean = np.ascontiguousarray(clean, np.uint8)
+    iou, track_colours, coloured, colours = _c(np.float64, iou, track_colours, coloured, colours)
+    (clean,) = _c(np.uint8, clean)
     out = np.empty(iou.shape)
     LIB.ea_similarity(_ptr(iou), iou.shape[0], iou.shape[1], _ptr(track_colours), _ptr(coloured), _ptr(colours),
                       _ptr(clean), float(scale), float(weight), float(gate), _ptr(out))
@@ -197,13 +208,10 @@ def refind_cost(pred, rows, boxes, cols, track_colours, colours, scale, gate, re
     detections ``cols``: the colour distance where within ``gate`` and ``reach``, else 2.
     ``track_colours``: N x 3, rows may be strided (the tracker's table). Reference:
     agent.track.tracker.Tracker._refind (the same bits)."""
-    pred = np.ascontiguousarray(pred, np.float64)
-    boxes = np.ascontiguousarray(boxes, np.float64)
-    colours = np.ascontiguousarray(colours, np.float64)
-    rows = np.ascontiguousarray(rows, np.int64)
-    cols = np.ascontiguousarray(cols, np.int64)
+    pred, boxes, colours = _c(np.float64, pred, boxes, colours)
+    rows, cols = _c(np.int64, rows, cols)
     if track_colours.dtype != np.float64 or track_colours.strides[1] != 8:
-        track_colours = np.ascontiguousarray(track_colours, np.float64)
+        (track_colours,) = _c(np.float64, track_colours)
     cost = np.empty((len(rows), len(cols)))
     LIB.ea_refind_cost(_ptr(pred), _ptr(rows), len(rows), _ptr(boxes), _ptr(cols), len(cols), _ptr(track_colours),
                        track_colours.strides[0] // 8, _ptr(colours), float(scale), float(gate), float(reach),
@@ -211,28 +219,10 @@ def refind_cost(pred, rows, boxes, cols, track_colours, colours, scale, gate, re
     return cost
 
 
-def xyxy_to_xyah(boxes):
-    """agent.track.kalman.xyxy_to_xyah (the same bits): N x 4."""
-    boxes = np.ascontiguousarray(boxes, np.float64)
-    out = np.empty((len(boxes), 4))
-    LIB.ea_xyxy_to_xyah(_ptr(boxes), len(boxes), _ptr(out))
-    return out
-
-
-def xyah_to_xyxy(xyah):
-    """agent.track.kalman.xyah_to_xyxy (the same bits): N x 4; ``xyah`` may be a view of strided rows."""
-    if xyah.dtype != np.float64 or xyah.strides[1] != 8:
-        xyah = np.ascontiguousarray(xyah, np.float64)
-    out = np.empty((len(xyah), 4))
-    LIB.ea_xyah_to_xyxy(_ptr(xyah), len(xyah), xyah.strides[0] // 8, _ptr(out))
-    return out
-
-
 def detection_flags(dd, scores, duplicate_iou, isolated_iou):
     """(duplicate, clean) bool per detection from their pairwise IoU ``dd`` (M x M). Reference:
     agent.track.tracker._flags."""
-    dd = np.ascontiguousarray(dd, np.float64)
-    scores = np.ascontiguousarray(scores, np.float64)
+    dd, scores = _c(np.float64, dd, scores)
     m = len(scores)
     duplicate, clean = np.empty(m, np.bool_), np.empty(m, np.bool_)
     LIB.ea_detection_flags(_ptr(dd), m, _ptr(scores), float(duplicate_iou), float(isolated_iou), _ptr(duplicate),
@@ -245,10 +235,7 @@ def learn_colours(rows, colour, di, colours, scores, clean, high, momentum):
     colour at column ``colour``, its flag next): the same bits."""
     if rows.dtype != np.float64 or not rows.flags.c_contiguous:
         raise ValueError("learn_colours: rows must be a C-ordered float64 table")
-    di = np.ascontiguousarray(di, np.int64)
-    colours = np.ascontiguousarray(colours, np.float64)
-    scores = np.ascontiguousarray(scores, np.float64)
-    clean = np.ascontiguousarray(clean, np.bool_)
+    (di,), (colours, scores), (clean,) = _c(np.int64, di), _c(np.float64, colours, scores), _c(np.bool_, clean)
     LIB.ea_learn_colours(_ptr(rows), len(di), rows.shape[1], int(colour), _ptr(di), _ptr(colours), _ptr(scores),
                          _ptr(clean), float(high), float(momentum))
 
@@ -256,12 +243,8 @@ def learn_colours(rows, colour, di, colours, scores, clean, high, momentum):
 def pass_cost(iou, sim, rows, cols, min_iou):
     """-(``sim``, or ``iou`` when None) for tracks ``rows`` x detections ``cols``, -0 where the IoU is
     below ``min_iou``: one association pass's cost. Reference: agent.track.tracker.Tracker._match."""
-    iou = np.ascontiguousarray(iou, np.float64)
-    if sim is not None:
-        sim = np.ascontiguousarray(sim, np.float64)
-    rows = np.ascontiguousarray(rows, np.int64)
-    cols = np.ascontiguousarray(cols, np.int64)
+    (iou, sim), (rows, cols) = _c(np.float64, iou, sim), _c(np.int64, rows, cols)
     out = np.empty((len(rows), len(cols)))
-    LIB.ea_pass_cost(_ptr(iou), None if sim is None else _ptr(sim), iou.shape[1], _ptr(rows), len(rows), _ptr(cols),
-                     len(cols), float(min_iou), _ptr(out))
+    LIB.ea_pass_cost(_ptr(iou), _ptr(sim), iou.shape[1], _ptr(rows), len(rows), _ptr(cols), len(cols),
+                     float(min_iou), _ptr(out))
     return out

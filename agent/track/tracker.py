@@ -52,7 +52,7 @@ import numpy as np
 from .. import native
 from ..errors import AgentError
 from . import appearance, kalman
-from .iou import buffered_iou, iou_matrix, pairs  # noqa: F401 (buffered_iou: tests import it from here)
+from .iou import iou_matrix, pairs
 
 SECOND_PASS_IOU = 0.5  # ByteTrack's: low-confidence detections must overlap well
 TENTATIVE_IOU = 0.3  # ByteTrack's for unconfirmed tracks
