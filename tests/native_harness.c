@@ -18,14 +18,14 @@ void ea_kalman_update(double *, int64_t, double *, int64_t, int64_t, const doubl
 void ea_distance(const double *, int64_t, const double *, int64_t, double, double *);
 void ea_similarity(const double *, int64_t, int64_t, const double *, const double *, const double *,
                    const uint8_t *, double, double, double, double *);
-void ea_refind_cost(const double *, const int64_t *, int64_t, const double *, const int64_t *, int64_t,
+int64_t ea_refind_cost(const double *, const int64_t *, int64_t, const double *, const int64_t *, int64_t,
                     const double *, int64_t, const double *, double, double, double, double *);
 void ea_xyxy_to_xyah(const double *, int64_t, double *);
 void ea_xyah_to_xyxy(const double *, int64_t, int64_t, double *);
 void ea_detection_flags(const double *, int64_t, const double *, double, double, uint8_t *, uint8_t *);
 void ea_learn_colours(double *, int64_t, int64_t, int64_t, const int64_t *, const double *, const double *,
                       const uint8_t *, double, double);
-void ea_pass_cost(const double *, const double *, int64_t, const int64_t *, int64_t, const int64_t *, int64_t,
+int64_t ea_pass_cost(const double *, const double *, int64_t, const int64_t *, int64_t, const int64_t *, int64_t,
                   double, double *);
 
 #define N 200

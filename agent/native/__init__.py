@@ -40,6 +40,11 @@ def _load():
         return None
     lib.ea_nms.argtypes = [_P, _P, _P, ctypes.c_int64, ctypes.c_float, ctypes.c_int64, _P]
     lib.ea_nms.restype = ctypes.c_int64
+    lib.ea_pass_cost.argtypes = [_P, _P, ctypes.c_int64, _P, ctypes.c_int64, _P, ctypes.c_int64, ctypes.c_double, _P]
+    lib.ea_pass_cost.restype = ctypes.c_int64
+    lib.ea_refind_cost.argtypes = [_P, _P, ctypes.c_int64, _P, _P, ctypes.c_int64, _P, ctypes.c_int64, _P,
+                                   ctypes.c_double, ctypes.c_double, ctypes.c_double, _P]
+    lib.ea_refind_cost.restype = ctypes.c_int64
     i64 = ctypes.c_int64
     for name, args in (("ea_iou", [_P, i64, _P, i64, _P, _P]),
                        ("ea_colours", [_P, i64, i64, i64, i64, i64, i64, _P, i64, _P, i64, _P]),
@@ -48,8 +53,6 @@ def _load():
                        ("ea_distance", [_P, i64, _P, i64, ctypes.c_double, _P]),
                        ("ea_best_class", [_P, i64, i64, i64, _P, _P]),
                        ("ea_xyxy_to_xyah", [_P, i64, _P]),
-                       ("ea_pass_cost", [_P, _P, i64, _P, i64, _P, i64, ctypes.c_double, _P]),
-                       ("ea_refind_cost", [_P, _P, i64, _P, _P, i64, _P, i64, _P] + [ctypes.c_double] * 3 + [_P]),
                        ("ea_detection_flags", [_P, i64, _P, ctypes.c_double, ctypes.c_double, _P, _P]),
                        ("ea_learn_colours", [_P, i64, i64, i64, _P, _P, _P, _P, ctypes.c_double, ctypes.c_double]),
                        ("ea_xyah_to_xyxy", [_P, i64, i64, _P]),
@@ -87,8 +90,10 @@ def _ptr(a):
 
 
 def _c(dtype, *arrays):
-    """Each array C-ordered with ``dtype`` (itself where it already is; None stays None)."""
-    return [None if a is None else np.ascontiguousarray(a, dtype) for a in arrays]
+    """Each array C-ordered with ``dtype`` (itself where it already is; None stays None). The check
+    first: numpy 1.19's ascontiguousarray is Python, 1.2 us a call (JetPack 4)."""
+    return [a if a is None or (type(a) is np.ndarray and a.dtype == dtype and a.flags.c_contiguous)
+            else np.ascontiguousarray(a, dtype) for a in arrays]
 
 
 def nms(boxes, order, cls, iou_threshold, limit):
@@ -204,19 +209,22 @@ def similarity(iou, track_colours, coloured, colours, clean, scale, weight, gate
 
 
 def refind_cost(pred, rows, boxes, cols, track_colours, colours, scale, gate, reach):
-    """The cost matrix (len(rows) x len(cols)) of re-finding lost tracks ``rows`` by colour among the
-    detections ``cols``: the colour distance where within ``gate`` and ``reach``, else 2.
-    ``track_colours``: N x 3, rows may be strided (the tracker's table). Reference:
-    agent.track.tracker.Tracker._refind (the same bits)."""
+    """(cost, single): the cost matrix (len(rows) x len(cols)) of re-finding lost tracks ``rows`` by
+    colour among the detections ``cols`` (the colour distance where within ``gate`` and ``reach``,
+    else 2), and whether no row or column has two pairs within both. ``track_colours``: N x 3,
+    rows may be strided (the tracker's table). Reference: agent.track.tracker.Tracker._refind
+    (the same bits). Raises MemoryError when the C side could not allocate."""
     pred, boxes, colours = _c(np.float64, pred, boxes, colours)
     rows, cols = _c(np.int64, rows, cols)
     if track_colours.dtype != np.float64 or track_colours.strides[1] != 8:
         (track_colours,) = _c(np.float64, track_colours)
     cost = np.empty((len(rows), len(cols)))
-    LIB.ea_refind_cost(_ptr(pred), _ptr(rows), len(rows), _ptr(boxes), _ptr(cols), len(cols), _ptr(track_colours),
-                       track_colours.strides[0] // 8, _ptr(colours), float(scale), float(gate), float(reach),
-                       _ptr(cost))
-    return cost
+    single = LIB.ea_refind_cost(_ptr(pred), _ptr(rows), len(rows), _ptr(boxes), _ptr(cols), len(cols),
+                                _ptr(track_colours), track_colours.strides[0] // 8, _ptr(colours), float(scale),
+                                float(gate), float(reach), _ptr(cost))
+    if single < 0:
+        raise MemoryError("refind_cost: the native path could not allocate")
+    return cost, bool(single)
 
 
 def detection_flags(dd, scores, duplicate_iou, isolated_iou):
@@ -241,10 +249,14 @@ def learn_colours(rows, colour, di, colours, scores, clean, high, momentum):
 
 
 def pass_cost(iou, sim, rows, cols, min_iou):
-    """-(``sim``, or ``iou`` when None) for tracks ``rows`` x detections ``cols``, -0 where the IoU is
-    below ``min_iou``: one association pass's cost. Reference: agent.track.tracker.Tracker._match."""
+    """(cost, single): -(``sim``, or ``iou`` when None) for tracks ``rows`` x detections ``cols``, -0
+    where the IoU is below ``min_iou`` (one association pass's cost), and whether every row and
+    column has at most one candidate (cost < 0). Reference: agent.track.tracker.Tracker._match.
+    Raises MemoryError when the C side could not allocate."""
     (iou, sim), (rows, cols) = _c(np.float64, iou, sim), _c(np.int64, rows, cols)
     out = np.empty((len(rows), len(cols)))
-    LIB.ea_pass_cost(_ptr(iou), _ptr(sim), iou.shape[1], _ptr(rows), len(rows), _ptr(cols), len(cols),
-                     float(min_iou), _ptr(out))
-    return out
+    single = LIB.ea_pass_cost(_ptr(iou), _ptr(sim), iou.shape[1], _ptr(rows), len(rows), _ptr(cols), len(cols),
+                              float(min_iou), _ptr(out))
+    if single < 0:
+        raise MemoryError("pass_cost: the native path could not allocate")
+    return out, bool(single)

@@ -383,12 +383,19 @@ void ea_similarity(const double *iou, int64_t n, int64_t m, const double *track_
  * cols[c] (of boxes, m x 4, and colours, m x 3), its colour distance where it is at most
  * ``gate`` and the detection's centre is within ``reach`` x the track's longer side of the
  * predicted centre, else 2; into cost (len(rows) x len(cols)).
- * Reference: agent/track/tracker.py, Tracker._refind. */
-void ea_refind_cost(const double *pred, const int64_t *rows, int64_t nr, const double *boxes, const int64_t *cols,
-                       int64_t nc, const double *track_colours, int64_t colour_step, const double *colours,
-                       double scale, double gate, double reach, double *cost)
+ * Reference: agent/track/tracker.py, Tracker._refind. Returns 1 when no row and no column
+ * has two such pairs (the optimum is then every one of them), 0 otherwise, -1 when out of
+ * memory. */
+int64_t ea_refind_cost(const double *pred, const int64_t *rows, int64_t nr, const double *boxes,
+                       const int64_t *cols, int64_t nc, const double *track_colours, int64_t colour_step,
+                       const double *colours, double scale, double gate, double reach, double *cost)
 {
+    uint8_t *taken = calloc((size_t)(nc > 0 ? nc : 1), 1);
+    int64_t single = 1;
+    if (!taken)
+        return -1;
     for (int64_t r = 0; r < nr; r++) {
+        int64_t in_row = 0;
         const double *p = pred + 4 * rows[r], *tc = track_colours + colour_step * rows[r];
         double side = np_max(p[2] - p[0], p[3] - p[1]), limit = reach * side;
         for (int64_t c = 0; c < nc; c++) {
@@ -397,8 +404,15 @@ void ea_refind_cost(const double *pred, const int64_t *rows, int64_t nr, const d
             double dx = (p[0] + p[2]) - (b[0] + b[2]), dy = (p[1] + p[3]) - (b[1] + b[3]);
             int ok = dist <= gate && dx * dx + dy * dy <= limit * limit;
             cost[r * nc + c] = ok ? dist : 2.0;
+            if (ok) {
+                single &= !in_row && !taken[c];
+                in_row = 1;
+                taken[c] = 1;
+            }
         }
     }
+    free(taken);
+    return single;
 }
 
 /* Boxes (n x 4 xyxy) to centre x, centre y, aspect (w / h), height (n x 4, the height at least
@@ -473,14 +487,30 @@ void ea_learn_colours(double *rows, int64_t n, int64_t step, int64_t colour, con
 /* The cost matrix of one association pass, negated for a minimum-cost solver: for tracks rows
  * (nr) and detections cols (nc) of the n x m matrices iou and sim (NULL: IoU alone), -sim (or
  * -IoU) of each pair, -0 where the IoU is below ``min_iou`` (refused). Reference:
- * agent/track/tracker.py, Tracker._match. */
-void ea_pass_cost(const double *iou, const double *sim, int64_t m, const int64_t *rows, int64_t nr,
-                  const int64_t *cols, int64_t nc, double min_iou, double *out)
+ * agent/track/tracker.py, Tracker._match. Returns 1 when no row and no column has more than
+ * one candidate (a cost below 0): the optimal assignment is then those pairs, every one of
+ * them, with no solver; 0 otherwise, and -1 when out of memory. */
+int64_t ea_pass_cost(const double *iou, const double *sim, int64_t m, const int64_t *rows, int64_t nr,
+                     const int64_t *cols, int64_t nc, double min_iou, double *out)
 {
     const double *score = sim ? sim : iou;
+    uint8_t *taken = calloc((size_t)(nc > 0 ? nc : 1), 1);
+    int64_t single = 1;
+    if (!taken)
+        return -1;
     for (int64_t r = 0; r < nr; r++) {
         const double *a = iou + rows[r] * m, *s = score + rows[r] * m;
-        for (int64_t c = 0; c < nc; c++)
-            out[r * nc + c] = -(a[cols[c]] < min_iou ? 0.0 : s[cols[c]]);
+        int64_t in_row = 0;
+        for (int64_t c = 0; c < nc; c++) {
+            double cost = -(a[cols[c]] < min_iou ? 0.0 : s[cols[c]]);
+            out[r * nc + c] = cost;
+            if (cost < 0) {
+                single &= !in_row && !taken[c];
+                in_row = 1;
+                taken[c] = 1;
+            }
+        }
     }
+    free(taken);
+    return single;
 }
