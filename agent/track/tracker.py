@@ -75,10 +75,9 @@ _WIDTH = 24
 
 def _flags(dd, scores):
     """(duplicate, clean) per detection, from ``dd`` (the IoU of every pair of detections): duplicate
-    when a more confident one overlaps it by IoU > DUPLICATE_IOU (the detector's NMS is per class:
-    one object seen as two classes is two detections, and must not become two tracks); clean when
-    it overlaps no other by more than ISOLATED_IOU (its colour is its own, not an occluder's).
-    Where agent/native is built, one C loop (the same values); the numpy below is its reference."""
+    when a more confident one overlaps it by IoU > DUPLICATE_IOU (NMS is per class: one object seen
+    as two classes must not become two tracks); clean when it overlaps no other by more than
+    ISOLATED_IOU (its colour is its own). The C loop where built; the numpy below: its reference."""
     if native.LIB is not None:
         return native.detection_flags(dd, scores, DUPLICATE_IOU, ISOLATED_IOU)
     stronger = scores[None, :] > scores[:, None]  # [i, j]: j is more confident than i
@@ -284,7 +283,6 @@ class Tracker(object):
         rows, cols = np.flatnonzero(rows), np.flatnonzero(cols)
         if not len(rows) or not len(cols):
             return
-        single = False
         if native.LIB is not None:  # one C loop (the same bits); the numpy below is its reference
             cost, single = native.refind_cost(pred, rows, boxes, cols, self._state[:, _COLOUR], colours,
                                               appearance.SCALE, REFIND_GATE, REFIND_RADIUS * 2)
@@ -294,7 +292,7 @@ class Tracker(object):
             dx = (p[:, 0:1] + p[:, 2:3]) - (b[:, 0] + b[:, 2])
             dy = (p[:, 1:2] + p[:, 3:4]) - (b[:, 1] + b[:, 3])
             reach = REFIND_RADIUS * 2 * np.maximum(p[:, 2:3] - p[:, 0:1], p[:, 3:4] - p[:, 1:2])
-            cost = np.where((dist <= REFIND_GATE) & (dx * dx + dy * dy <= reach * reach), dist, 2.0)
+            cost, single = np.where((dist <= REFIND_GATE) & (dx * dx + dy * dy <= reach * reach), dist, 2.0), False
         ok = cost <= REFIND_GATE
         if not ok.any():
             return
@@ -309,10 +307,10 @@ class Tracker(object):
         rows, cols = rows.nonzero()[0], cols.nonzero()[0]
         if not len(rows) or not len(cols):
             return
-        single = False
         if native.LIB is not None:  # one C loop (the same bits); the numpy below is its reference
             cost, single = native.pass_cost(iou, sim, rows, cols, min_iou)
         else:
+            single = False
             sub = iou.take(rows, 0).take(cols, 1)
             if sim is None:
                 sub[sub < min_iou] = 0.0  # a refused pair must not pull the optimum away from good ones
@@ -321,9 +319,8 @@ class Tracker(object):
                 sub = sim.take(rows, 0).take(cols, 1)
                 sub[refused] = 0.0
             cost = -sub
-        # A minimum cost (``maximize=`` is newer than JetPack 4's scipy 0.19). When no row or column
-        # has two candidates, the optimum is every candidate pair, found without the solver (whose
-        # call costs 43 us under JetPack 4's scipy 1.5, 6 us under 1.17).
+        # A minimum cost (``maximize=`` is newer than scipy 0.19); single (no row or column with two
+        # candidates): every candidate pair is the optimum, no solver (43 us a call in scipy 1.5).
         r, c = np.nonzero(cost) if single else self._assign(cost)
         ok = cost[r, c] < 0.0
         c = cols[c[ok]]
