@@ -15,7 +15,6 @@ void ea_colours(const uint8_t *, int64_t, int64_t, int64_t, int64_t, int64_t, in
                 const double *, int64_t, double *);
 void ea_kalman_predict(double *, int64_t, double *, int64_t, int64_t, const double *);
 void ea_kalman_update(double *, int64_t, double *, int64_t, int64_t, const double *, const double *);
-void ea_distance(const double *, int64_t, const double *, int64_t, double, double *);
 void ea_similarity(const double *, int64_t, int64_t, const double *, const double *, const double *,
                    const uint8_t *, double, double, double, double *);
 int64_t ea_refind_cost(const double *, const int64_t *, int64_t, const double *, const int64_t *, int64_t,
@@ -98,8 +97,6 @@ int main(void)
     ea_kalman_predict(table, 24, table + 8, 24, N, process);
     ea_kalman_update(table, 24, table + 8, 24, N, z, measure);
     printf("kalman %016" PRIx64 "\n", fnv(table, sizeof table));
-    ea_distance(colours, N, table + 20, N / 24, 1.0 / 441.67, out);
-    printf("distance %016" PRIx64 "\n", fnv(out, sizeof out[0] * N * (N / 24)));
     ea_similarity(iou, N, N, colours, coloured, colours, clean, 1.0 / 441.67, 0.5, 0.3, out);
     printf("similarity %016" PRIx64 "\n", fnv(out, sizeof out[0] * N * N));
     ea_refind_cost(a, idx, N, b, order, N, colours, 3, colours, 1.0 / 441.67, 0.4, 6.0, out);

@@ -87,15 +87,11 @@ def test_colours_equal_numpy_on_colour_grey_and_strided_images(numpy_only):
     assert appearance.describe(image, np.zeros((0, 4))).shape == (0, 3)
 
 
-def test_colour_distance_and_similarity_equal_numpy(numpy_only):
+def test_the_fused_score_equals_numpy(numpy_only):
     rng = np.random.default_rng(2)
     for _ in range(50):
         n, m = int(rng.integers(0, 40)), int(rng.integers(0, 40))
-        a, b = rng.uniform(0, 255, (n, 3)), rng.uniform(0, 255, (m, 3))
-        fast = appearance.distance(a, b)
-        with numpy_only():
-            ref = appearance.distance(a, b)
-        assert same(fast, ref)
+        b = rng.uniform(0, 255, (m, 3))
         tracker = Tracker(TrackingConfig())
         tracker._state = rng.uniform(0, 255, (n, 24))
         tracker._state[:, 23] = rng.random(n) < 0.7  # some tracks without a colour yet
@@ -244,7 +240,7 @@ def test_the_c_gives_the_same_bits_on_aarch64(tmp_path):
                           check=True).stdout
     arm = subprocess.run([qemu, _harness(cross, tmp_path / "arm", static=True)], stdout=subprocess.PIPE,
                          universal_newlines=True, check=True).stdout
-    assert len(here.splitlines()) == 13 and here == arm, (here, arm)
+    assert len(here.splitlines()) == 12 and here == arm, (here, arm)
     fused = subprocess.run([qemu, _harness(cross, tmp_path / "fused", ("-ffp-contract=fast",), static=True)],
                            stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
     assert fused != here

@@ -50,7 +50,6 @@ def _load():
                        ("ea_colours", [_P, i64, i64, i64, i64, i64, i64, _P, i64, _P, i64, _P]),
                        ("ea_kalman_predict", [_P, i64, _P, i64, i64, _P]),
                        ("ea_kalman_update", [_P, i64, _P, i64, i64, _P, _P]),
-                       ("ea_distance", [_P, i64, _P, i64, ctypes.c_double, _P]),
                        ("ea_best_class", [_P, i64, i64, i64, _P, _P]),
                        ("ea_xyxy_to_xyah", [_P, i64, _P]),
                        ("ea_detection_flags", [_P, i64, _P, ctypes.c_double, ctypes.c_double, _P, _P]),
@@ -185,15 +184,6 @@ def xyah_to_xyxy(xyah):
         (xyah,) = _c(np.float64, xyah)
     out = np.empty((len(xyah), 4))
     LIB.ea_xyah_to_xyxy(_ptr(xyah), len(xyah), xyah.strides[0] // 8, _ptr(out))
-    return out
-
-
-def distance(a, b, scale):
-    """Colour distance of every row of ``a`` (N x 3) to every row of ``b`` (M x 3), times ``scale``: N x M.
-    Reference: agent.track.appearance.distance (the same bits)."""
-    a, b = _c(np.float64, a, b)
-    out = np.empty((len(a), len(b)))
-    LIB.ea_distance(_ptr(a), len(a), _ptr(b), len(b), float(scale), _ptr(out))
     return out
 
 

@@ -340,22 +340,14 @@ void ea_kalman_update(double *means, int64_t mstep, double *covs, int64_t cstep,
     }
 }
 
-/* Colour distance of every row of a (n x 3) to every row of b (m x 3), times ``scale``, into
- * out (n x m): sqrt(((a0 - b0)^2 + (a1 - b1)^2) + (a2 - b2)^2) x scale, in that order.
- * Reference: agent/track/appearance.py, distance. */
+/* Colour distance of a and b (3 each), times ``scale``: sqrt(((a0 - b0)^2 + (a1 - b1)^2) +
+ * (a2 - b2)^2) x scale, in that order. Reference: agent/track/appearance.py, distance. */
 static double colour_distance(const double *a, const double *b, double scale)
 {
     double d0 = a[0] - b[0], d1 = a[1] - b[1], d2 = a[2] - b[2];
     double s = d0 * d0 + d1 * d1;
     s += d2 * d2;
     return sqrt(s) * scale;
-}
-
-void ea_distance(const double *a, int64_t n, const double *b, int64_t m, double scale, double *out)
-{
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t j = 0; j < m; j++)
-            out[i * m + j] = colour_distance(a + 3 * i, b + 3 * j, scale);
 }
 
 /* The tracker's fused score of each track (n) and detection (m) pair from their IoU (n x m):

@@ -20,7 +20,7 @@ boxes anywhere in the image as IoU 1); NaN scores sort last here.
 Algorithm: where agent/native is built (setup.py compiles it when a C compiler is there),
 one C loop for every layout: boxes by rank, each compared only with the kept boxes of its
 class in the grid cells it covers (agent/native/fastpath.c says why that is exact). It is
-1.5-5x OpenCV's ``NMSBoxes``/``NMSBoxesBatched`` on detector output and 13-50x on sparse
+1.4-6x OpenCV's ``NMSBoxes``/``NMSBoxesBatched`` on detector output and 13-51x on sparse
 sets (benchmarks/bench_postprocess.py). Without it, three exact strategies, picked by how
 the boxes look.
 

@@ -48,10 +48,8 @@ def describe(image, boxes):
 
 def distance(a, b):
     """Colour distance of every row of ``a`` (N x 3) to every row of ``b`` (M x 3), in [0, 1]: N x M.
-    Where agent/native is built, its C loop (the same bits); the numpy below is its reference,
-    its additions in a fixed order (scipy's ``cdist`` is faster, but its order is its own)."""
-    if native.LIB is not None:
-        return native.distance(a, b, SCALE)
+    The reference of the C paths' distance (the tracker's fused score and re-find costs), its
+    additions in a fixed order (scipy's ``cdist`` is faster, but its order is its own)."""
     d = a[:, None, :] - b[None, :, :]
     d *= d
     out = d[:, :, 0] + d[:, :, 1]
