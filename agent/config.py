@@ -162,7 +162,7 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class OnnxRuntimeConfig:
-    threads: int = _opt(0, THREADS)  # intra-op threads of a frame alone; 0: ONNX Runtime's default (one per core)
+    threads: int = _opt(0, THREADS)  # intra-op threads of a frame alone; 0: one per physical core (ONNX Runtime's count)
     allow_spinning: bool = True  # ORT's default, the fastest alone; its workers spin on after a run too (benchmarks/README.md)
     frames_in_flight: int = _opt(0, IN_FLIGHT)  # 0: 2 on 2+ cores (one single-threaded run per core)
     # int8: run the QDQ model `build-engine --precision int8` made (it passed the accuracy gate)

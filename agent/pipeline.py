@@ -9,7 +9,8 @@ the Detector's stages, whichever detector it is (agent.detect.base):
   opens, runs ``infer`` on, swaps and closes it; a detector with ``concurrency`` > 1
   (the CPU one: two frames in flight on two cores) gets that many inference threads,
   each taking the next frame, told whether others are inferring beside it (alone, a
-  frame gets every core; side by side, one core each);
+  frame gets every core; side by side, one core each); a frame alone always goes to
+  the first thread, the others take frames only while one is being inferred;
 - one output thread calls ``finish`` (the CPU detector decodes and runs NMS there,
   overlapping the next inference), tracks (agent.track), builds records and hands them to the sinks in the
   order the frames were taken (a ticket per frame; a faster inference waits for its
@@ -98,7 +99,7 @@ class Pipeline(object):
         self._tickets = 0  # frames taken so far: the output thread emits in this order
         self._gate = _Gate()  # inference threads share the detector; a swap takes it alone
         self._inflight = 0  # inferences running now
-        self._count = threading.Lock()  # guards _inflight (never held while waiting)
+        self._busy = threading.Condition()  # guards _inflight; helpers wait on it for the first thread to be busy
         self._beats = {}  # thread name -> monotonic time it last went round its loop (liveness)
         self.swaps = 0  # model switches done or failed (the inference thread): a caller waits for one
         self.swap_error = None  # why the latest switch failed (None: it succeeded)
@@ -159,8 +160,9 @@ class Pipeline(object):
         """Stop capture, drain what is queued to the sinks, close backend and sources; idempotent."""
         self._stop.set()
         self._go.set()
-        with self._ready:
-            self._ready.notify_all()
+        for cond in (self._ready, self._busy):
+            with cond:
+                cond.notify_all()
         deadline = time.monotonic() + timeout
         for camera in self.cameras:
             if camera.thread is not None:
@@ -328,14 +330,21 @@ class Pipeline(object):
         with self._ready:
             self._ready.notify()
 
-    def _next_item(self, name):
-        """Round-robin over cameras; returns (camera, item) or None when all have ended."""
+    def _next_item(self, name, index=0):
+        """Round-robin over cameras; returns (camera, item), None when all have ended, or False
+        when inference thread ``index`` > 0 must leave the next frame to the first thread: with
+        nothing else being inferred, a frame goes to the first thread, so that the lone frames
+        of a paced camera all run on one thread (a session called from a different thread each
+        frame, as two threads taking turns would, ran the fast demo model 1.2 ms slower on the
+        2-core box: benchmarks/README.md)."""
         start = self._rr
         while True:
             cams = list(self.cameras)
             live = [c for c in cams if not c.ended.is_set()]
             if not live and not self._swap:
                 return None
+            if index and not self._inflight:
+                return False
             for k in range(len(cams)):
                 camera = cams[(start + k) % len(cams)]
                 try:
@@ -367,17 +376,27 @@ class Pipeline(object):
                     return None
                 time.sleep(0.1)
                 continue
+            if index and not self._inflight:  # a frame alone is the first thread's (_next_item)
+                if self._stop.is_set() or self._done_feeding():
+                    return None
+                with self._busy:
+                    if not self._inflight:
+                        self._busy.wait(0.25)
+                continue
             if not self._take.acquire(timeout=0.25):  # another thread is waiting for a frame
                 continue
             try:
-                got = self._next_item(name)
+                got = self._next_item(name, index)
                 if got is None:
                     return None
+                if got is False:
+                    continue
                 got[1].ticket = self._tickets
                 self._tickets += 1
-                with self._count:
+                with self._busy:
                     self._inflight += 1
                     others = self._inflight > 1
+                    self._busy.notify_all()
                 waiting = any(not c.queue.empty() for c in self.cameras)
                 return got[0], got[1], others or (waiting and self._detector.concurrency > 1)
             finally:
@@ -408,8 +427,12 @@ class Pipeline(object):
                         else:
                             job.pending = detector.infer(job.frame.image, job.prepared, parallel)
                 finally:
-                    with self._count:
+                    with self._busy:
                         self._inflight -= 1
+                        idle = not self._inflight
+                    if idle and self._helpers:  # a helper waiting for a frame lets the first thread have it
+                        with self._ready:
+                            self._ready.notify_all()
                     job.release()
                     self._out.put(job)  # also unfinished: the output thread must see every ticket
         except Exception:

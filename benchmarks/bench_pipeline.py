@@ -224,7 +224,7 @@ def main():
     parser.add_argument("--frames", type=int, default=400, help="timed frames per agent run")
     parser.add_argument("--bare-seconds", type=float, default=4.0, help="seconds per bare setting")
     parser.add_argument("--scaling", action="store_true", help="also the cameras/resolution/objects table")
-    parser.add_argument("--latency-rounds", type=int, default=3, help="rounds of the latency comparison")
+    parser.add_argument("--latency-rounds", type=int, default=5, help="rounds of the latency comparison")
     args = parser.parse_args()
     if not os.path.isfile(args.video):
         sys.exit("{} is missing: run scripts/setup.sh".format(args.video))

@@ -1,8 +1,11 @@
 """The ONNX Runtime backend's two sessions: a frame alone goes to the one that has been faster alone."""
 
+import os
+import subprocess
+
 import numpy as np
 
-from agent.backends.onnxruntime import OnnxRuntimeBackend, _Pick
+from agent.backends.onnxruntime import OnnxRuntimeBackend, _Pick, physical_cores
 from agent.config import OnnxRuntimeConfig
 from conftest import ROOT
 
@@ -48,3 +51,44 @@ def test_real_backend_runs_alone_and_side_by_side_with_the_same_outputs():
     single = OnnxRuntimeBackend(model, OnnxRuntimeConfig(frames_in_flight=1))
     assert single.concurrency == 1 and single._narrow is single.session
     single.close()
+
+
+def _cpu_list(text):
+    cpus = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def _thread_affinities():
+    """{thread id: the CPUs it may run on} of this process (Linux)."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        with open("/proc/self/task/{}/status".format(tid)) as f:
+            line = next(l for l in f if l.startswith("Cpus_allowed_list:"))
+        out[tid] = _cpu_list(line.split(":", 1)[1].strip())
+    return out
+
+
+def test_physical_cores_counts_cores_not_hyperthreads():
+    rows = subprocess.check_output(["lscpu", "-p=CPU,CORE,SOCKET"], universal_newlines=True).splitlines()
+    allowed = os.sched_getaffinity(0)
+    cores = {tuple(r.split(",")[1:]) for r in rows if not r.startswith("#") and int(r.split(",")[0]) in allowed}
+    assert physical_cores() == len(cores)
+
+
+def test_default_threads_are_onnx_runtimes_count_with_no_worker_pinned():
+    """threads 0: as many intra-op threads as ONNX Runtime's default, set explicitly: its
+    default pins each worker to one core, where it cannot get out of the other threads' way."""
+    before = _thread_affinities()
+    backend = OnnxRuntimeBackend(ROOT + "/models/demo-fast.onnx", OnnxRuntimeConfig(frames_in_flight=1))
+    try:
+        assert backend.threads == physical_cores()
+        assert backend.session.get_session_options().intra_op_num_threads == physical_cores()
+        new = {tid: cpus for tid, cpus in _thread_affinities().items() if tid not in before}
+        if physical_cores() > 1:
+            assert new  # the workers were made (else the check below says nothing)
+        assert all(cpus == set(os.sched_getaffinity(0)) for cpus in new.values()), new
+    finally:
+        backend.close()

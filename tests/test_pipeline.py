@@ -210,6 +210,8 @@ def test_a_paced_frame_runs_alone(tmp_path):
     assert p.wait(60)
     p.stop()
     assert len(calls) == 12 and not any(parallel for _, parallel, _ in calls[1:])
+    # All on the first inference thread: two threads taking turns made the wide session slower.
+    assert {name for name, _, _ in calls} == {"infer"}
 
 
 def test_one_frame_in_flight_is_one_inference_thread(tmp_path):

@@ -19,6 +19,23 @@ def default_frames_in_flight():
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
+def physical_cores():
+    """Physical cores this process may run on (ONNX Runtime's default intra-op thread count;
+    hyperthread siblings count once); the logical count where sysfs does not say."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in allowed:
+        try:
+            with open("/sys/devices/system/cpu/cpu{}/topology/thread_siblings_list".format(cpu)) as f:
+                cores.add(f.read().strip())
+        except (IOError, OSError):
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
 def _dtype(type_name):
     return {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
             "tensor(int32)": np.int32}.get(type_name, np.float32)
@@ -33,8 +50,8 @@ class OnnxRuntimeBackend(Backend):
         """Load ``model_path``; ``config`` is an OnnxRuntimeConfig. Raises ModelError.
 
         Two sessions of the model, each the fastest for one load (measured on a 2-core box:
-        benchmarks/README.md): a *wide* one with ``threads`` intra-op threads (0: ONNX
-        Runtime's default, one per core) for a frame alone, the latency case, and, with
+        benchmarks/README.md): a *wide* one with ``threads`` intra-op threads (0: one per
+        physical core, as ONNX Runtime's default, unpinned) for a frame alone, the latency case, and, with
         ``frames_in_flight`` > 1, a *narrow* single-threaded one that several inference
         threads call at once (ONNX Runtime's ``run`` is thread-safe), one frame per core,
         the throughput case: single-threaded runs do not wait on each other's operators,
@@ -49,14 +66,19 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailable("backend onnxruntime: not installed ({}); pip install onnxruntime".format(e))
         if not os.path.isfile(model_path):
             raise ModelError("{}: model file not found".format(model_path))
-        threads = getattr(config, "threads", 0)
+        # 0: as many threads as ONNX Runtime's default, but set explicitly, because its default
+        # also pins each worker thread to a core, and a pinned, spinning worker cannot move out
+        # of the way of the agent's other threads (capture, output) on a small box: the fast demo
+        # model's p50 at 30 fps was 1.68 ms over bare with ORT's default, 1.26 ms with the same
+        # two threads unpinned (medians of 10 rounds, 2-core box: benchmarks/README.md).
+        threads = getattr(config, "threads", 0) or physical_cores()
         spinning = bool(getattr(config, "allow_spinning", True))
         self.concurrency = getattr(config, "frames_in_flight", 0) or default_frames_in_flight()
         self.session = self._session(ort, model_path, threads, spinning)
         self._narrow = self._session(ort, model_path, 1, False) if self.concurrency > 1 else self.session
         self._pick = _Pick(self.session, self._narrow)
         self.model_path = model_path
-        self.threads = threads or (os.cpu_count() or 1)
+        self.threads = threads
         self.inputs = [TensorSpec(i.name, tuple(i.shape), _dtype(i.type)) for i in self.session.get_inputs()]
         self.outputs = [TensorSpec(o.name, tuple(o.shape), _dtype(o.type)) for o in self.session.get_outputs()]
         if len(self.inputs) != 1 or len(self.inputs[0].shape) != 4:
@@ -73,13 +95,13 @@ class OnnxRuntimeBackend(Backend):
         self._input_name = self.inputs[0].name
         self._output_names = [o.name for o in self.outputs]
         self._warm_up()
-        log.info("loaded %s with onnxruntime %s (%s intra-op threads, spinning %s; %d frame(s) in flight)",
-                 model_path, ort.__version__, threads or "default", "on" if spinning else "off", self.concurrency)
+        log.info("loaded %s with onnxruntime %s (%d intra-op threads, spinning %s; %d frame(s) in flight)",
+                 model_path, ort.__version__, threads, "on" if spinning else "off", self.concurrency)
 
     @staticmethod
     def _session(ort, model_path, threads, spinning):
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads  # 0: ONNX Runtime's default (one per physical core)
+        opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # Spinning (ORT's default) starts each operator without a wake-up: 4.6 against 6.5 ms for
