@@ -23,7 +23,7 @@ def physical_cores():
     """Physical cores this process may run on (ONNX Runtime's default intra-op thread count;
     hyperthread siblings count once); the logical count where sysfs does not say."""
     try:
-        allowed = sorted(os.sched_getaffinity(0))
+        allowed = os.sched_getaffinity(0)
     except (AttributeError, OSError):
         return os.cpu_count() or 1
     cores = set()
@@ -51,8 +51,8 @@ class OnnxRuntimeBackend(Backend):
 
         Two sessions of the model, each the fastest for one load (measured on a 2-core box:
         benchmarks/README.md): a *wide* one with ``threads`` intra-op threads (0: one per
-        physical core, as ONNX Runtime's default, unpinned) for a frame alone, the latency case, and, with
-        ``frames_in_flight`` > 1, a *narrow* single-threaded one that several inference
+        physical core, as ONNX Runtime's default, unpinned) for a frame alone, the latency
+        case, and, with ``frames_in_flight`` > 1, a *narrow* single-threaded one that several inference
         threads call at once (ONNX Runtime's ``run`` is thread-safe), one frame per core,
         the throughput case: single-threaded runs do not wait on each other's operators,
         so two of them get more out of two cores than one run on both. A frame alone goes
@@ -69,8 +69,8 @@ class OnnxRuntimeBackend(Backend):
         # 0: as many threads as ONNX Runtime's default, but set explicitly, because its default
         # also pins each worker thread to a core, and a pinned, spinning worker cannot move out
         # of the way of the agent's other threads (capture, output) on a small box: the fast demo
-        # model's p50 at 30 fps was 1.68 ms over bare with ORT's default, 1.26 ms with the same
-        # two threads unpinned (medians of 10 rounds, 2-core box: benchmarks/README.md).
+        # model's p50 at 30 fps was 2.24 ms over bare with ORT's default, 1.07 ms with the same
+        # two threads unpinned (medians of 8 rounds, 2-core box: benchmarks/README.md).
         threads = getattr(config, "threads", 0) or physical_cores()
         spinning = bool(getattr(config, "allow_spinning", True))
         self.concurrency = getattr(config, "frames_in_flight", 0) or default_frames_in_flight()
