@@ -10,7 +10,8 @@ For each model, all in one process, one after the other:
   the best is the baseline (its setting is printed);
 - **bound**: what two cores can do at most for the agent, which must also decode the
   video, letterbox and post-process each frame: ``cores / (1-thread infer + decode +
-  preprocess + postprocess)``, each the CPU time of one frame on one thread;
+  preprocess + postprocess)``, each the CPU time of one frame on one thread (decode as the
+  agent's file source does it, into reused buffers);
 - **agent**: the real Pipeline with the default config on the demo video (1280x720,
   unpaced), FPS after warm-up, as a ratio to the best bare FPS and as a share of the bound;
 - **latency**: the Pipeline on the same video paced at 30 fps: p50 capture-to-sink
@@ -42,6 +43,7 @@ from agent.detect import open_detector  # noqa: E402
 from agent.measure import bare_session, bare_settings  # noqa: E402
 from agent.pipeline import Pipeline  # noqa: E402
 from agent.publish.base import Sink  # noqa: E402
+from agent.sources import open_source  # noqa: E402
 
 CORES = os.cpu_count() or 1
 
@@ -113,11 +115,11 @@ def cpu_ms(fn, n):
 
 def bound(model, video, frames, bare_1thread_cpu):
     """Per-frame CPU costs of the agent's stages on one thread, and the bound they set."""
-    config = config_for(model, [{"id": "b", "source": video}])
+    config = config_for(model, [{"id": "b", "source": video, "loop": True, "realtime": False}])
     detector = open_detector(config, "fast")
-    cap = cv2.VideoCapture(video)
-    decode = cpu_ms(lambda: cap.read(), frames)
-    cap.release()
+    source = open_source(config.cameras[0])  # decoded as the agent does (into reused buffers)
+    decode = cpu_ms(source.read, frames)
+    source.close()
     image = first_frame(video)
     prep = detector.prepare(image)
     pending = detector.infer(image, prep)

@@ -4,6 +4,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 
 import cv2
 import numpy as np
@@ -13,6 +14,7 @@ from agent.config import CameraConfig
 from agent.errors import SourceError
 from agent.sources import EndOfStream, check_uri, describe_source, open_source, parse_uri
 from agent.sources import redact
+from agent.sources.base import FramePool
 from agent.sources.cameras import csi_pipeline, gst_pipeline, has_gstreamer
 from agent.sources.live import LiveSource
 
@@ -75,6 +77,36 @@ def test_video_file_all_frames_then_end_of_stream(video):
         assert src.stats.captured == FRAMES
         with pytest.raises(EndOfStream):  # stays ended
             src.read()
+
+
+def pooled_reads(video, size):
+    """Reads the video through FramePool(size), keeping every third frame and a view of every
+    third; returns how often a dropped frame's buffer came back, the pool and what was held."""
+    pool = FramePool(size=size)
+    cap = cv2.VideoCapture(video)
+    held, reused, dropped = [], 0, None
+    for i in range(FRAMES):
+        ok, image = pool.read(cap)
+        assert ok and level(image) == i
+        if dropped is not None:
+            reused += image is dropped()  # the only free buffer: taken again
+        if i % 3 == 0:
+            held.append((i, image))  # a user keeps the frame
+        elif i % 3 == 1:
+            held.append((i, image[100:140, 100:140]))  # a view keeps its base in use
+        dropped = weakref.ref(image) if i % 3 == 2 else None
+        del image
+    cap.release()
+    assert [level(image) for _, image in held] == [i for i, _ in held]  # none decoded over
+    return reused, pool
+
+
+def test_frame_pool_reuses_a_buffer_only_once_nothing_refers_to_it(video):
+    reused, pool = pooled_reads(video, size=FRAMES)
+    assert reused == FRAMES // 3 - 1  # every dropped frame's buffer, at the next read
+    assert len(pool._bufs) == 2 * FRAMES // 3 + 1  # the held ones and one free
+    reused, pool = pooled_reads(video, size=3)  # full of held buffers: new arrays, not kept
+    assert reused == 1 and len(pool._bufs) == 3
 
 
 def test_video_file_loops(video):
@@ -269,6 +301,38 @@ def wait_frame(src, within_s):
         if f is not None:
             return f
     return None
+
+
+class FileLiveSource(LiveSource):
+    """A LiveSource over a plain cv2.VideoCapture (the kind whose reads go through FramePool)."""
+
+    def __init__(self, path):
+        LiveSource.__init__(self, "file-live://" + os.path.basename(path), stall_timeout_s=5)
+        self.path = path
+
+    def _open(self):
+        return cv2.VideoCapture(self.path)
+
+
+def test_live_frames_kept_by_the_consumer_are_never_decoded_over(tmp_path):
+    path = str(tmp_path / "long.avi")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (320, 240))
+    for i in range(8 * FRAMES):
+        writer.write(np.full((240, 320, 3), (i % FRAMES) * STEP, np.uint8))
+    writer.release()
+    src = FileLiveSource(path).start()
+    try:
+        frames = []
+        while len(frames) < 12:
+            f = src.read(timeout_ms=2000)
+            assert f is not None
+            frames.append(f)  # kept: the reader must decode the next frames elsewhere
+            time.sleep(0.002)
+        assert src.stats.dropped > 0  # the reader ran ahead, into buffers nobody held
+        assert [level(f.image) for f in frames] == [f.index % FRAMES for f in frames]
+        assert len({id(f.image) for f in frames}) == len(frames)
+    finally:
+        src.close()
 
 
 def test_live_freshest_frame_drops_counted(video):

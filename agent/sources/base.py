@@ -18,6 +18,7 @@ Contract (every source honours it):
 """
 
 import collections
+import sys
 
 from ..errors import AgentError
 
@@ -43,6 +44,43 @@ class SourceStats(object):
 
     def as_dict(self):
         return {k: getattr(self, k) for k in self.__slots__}
+
+
+class FramePool(object):
+    """Frame buffers for OpenCV's ``read(image)``, so a decoder does not allocate (and
+    page-fault in) a new HxWx3 array per frame: ``read(cap)`` decodes into a buffer that
+    nothing else refers to any more (no Frame, queue, sink or view of it), else into a new
+    one, kept while fewer than ``size`` are. A frame in use is never overwritten.
+    """
+
+    def __init__(self, size=8):
+        self.size = size
+        self._bufs = []
+
+    def _free(self):
+        for buf in self._bufs:
+            if sys.getrefcount(buf) <= _UNUSED:
+                return buf
+        return None
+
+    def read(self, cap):
+        """``cap.read()`` into a free buffer; returns (ok, image) as ``cap.read()`` does."""
+        buf = self._free()
+        ok, image = cap.read() if buf is None else cap.read(buf)
+        if ok and image is not None and image is not buf:  # a new array (or a new frame size)
+            if buf is not None:
+                self._bufs.remove(buf)
+            if len(self._bufs) < self.size:
+                self._bufs.append(image)
+        return ok, image
+
+
+def _refs_of_unused(bufs):
+    for buf in bufs:  # as in FramePool._free: the list, ``buf`` and getrefcount's argument
+        return sys.getrefcount(buf)
+
+
+_UNUSED = _refs_of_unused([object()])  # measured, not assumed: interpreters count differently
 
 
 class FrameSource(object):

@@ -11,7 +11,7 @@ import time
 import cv2
 
 from ..errors import SourceError
-from .base import EndOfStream, Frame, FrameSource
+from .base import EndOfStream, Frame, FramePool, FrameSource
 
 log = logging.getLogger("edge_agent.sources")
 
@@ -94,6 +94,7 @@ class VideoFileSource(_FiniteSource):
     def __init__(self, path, loop=False, realtime=True, fps=0.0):
         self.path = path
         self._cap = None
+        self._pool = FramePool()
         self._cap = self._open()
         ok, first = self._cap.read()
         if not ok or first is None:
@@ -120,7 +121,7 @@ class VideoFileSource(_FiniteSource):
         if self._first is not None:
             image, self._first = self._first, None
             return image
-        ok, image = self._cap.read()
+        ok, image = self._pool.read(self._cap)
         return image if ok else None
 
     def _rewind(self):

@@ -17,8 +17,10 @@ import threading
 import time
 import zlib
 
+import cv2
+
 from ..errors import SourceError
-from .base import Frame, FrameSource
+from .base import Frame, FramePool, FrameSource
 
 log = logging.getLogger("edge_agent.sources")
 
@@ -189,9 +191,11 @@ class LiveSource(FrameSource):
 
     def _reader(self, gen):
         cap = gen.cap
+        # OpenCV's captures decode into reused buffers; other capture objects only have read().
+        read = FramePool().read if isinstance(cap, cv2.VideoCapture) else lambda c: c.read()
         try:
             while not gen.stop.is_set():
-                ok, image = cap.read()
+                ok, image = read(cap)
                 mono = time.monotonic()
                 wall = time.time()
                 if gen.stop.is_set():
